@@ -1,0 +1,145 @@
+//! `tapnet demo`: two stacks on an in-memory wire, narrated frame by frame.
+//!
+//! Runs without root. Alice (10.0.0.1) pings Bob (10.0.0.2); every frame that crosses the
+//! wire is printed as one line, then each round trip and a summary like ping's.
+
+use std::io;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use netdev::{Direction, FrameLog, FrameSink, WireOptions, describe, wire};
+use stack::{Mac, Stack, StackConfig};
+
+use crate::device::DeviceArgs;
+
+/// Options of `tapnet demo`.
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Which demo to run
+    #[arg(value_enum, default_value_t = Demo::Ping)]
+    pub name: Demo,
+    /// Echo requests to send
+    #[arg(short = 'c', long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    pub count: u16,
+    /// Time between requests, e.g. 200ms
+    #[arg(short = 'i', long, value_name = "TIME", default_value = "200ms", value_parser = netdev::parse_duration)]
+    pub interval: Duration,
+    /// How long to wait for each reply, e.g. 1s
+    #[arg(short = 'W', long, value_name = "TIME", default_value = "1s", value_parser = netdev::parse_duration)]
+    pub timeout: Duration,
+    /// Device options; the impairment applies to Alice's end of the wire, --addr to Bob
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// The demos there are.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Demo {
+    /// ARP, then ICMP echo requests and replies
+    Ping,
+}
+
+pub fn run(args: DemoArgs) -> io::Result<ExitCode> {
+    match args.name {
+        Demo::Ping => ping(args),
+    }
+}
+
+fn ping(args: DemoArgs) -> io::Result<ExitCode> {
+    let dev = &args.device;
+    if dev.tap.is_some() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the ping demo runs both hosts on the in-memory wire; \
+             put a host on a TAP with `tapnet up --tap NAME`",
+        ));
+    }
+    let (alice_end, bob_end) = wire(&WireOptions {
+        mtu: dev.mtu.map_or(1500, usize::from),
+        ..WireOptions::default()
+    })?;
+
+    // Fixed MACs make the printed run the same every time.
+    let bob_config = StackConfig {
+        mac: Some(dev.mac.unwrap_or(Mac([0x02, 0, 0, 0, 0, 0x02]))),
+        ..dev.stack_config("10.0.0.2/24")
+    };
+    let bob_net = bob_config.addrs[0];
+    let alice_addr = if bob_net.addr == std::net::Ipv4Addr::new(10, 0, 0, 1) {
+        "10.0.0.2"
+    } else {
+        "10.0.0.1"
+    };
+    let alice_config = StackConfig::new()
+        .with_addr(format!("{alice_addr}/{}", bob_net.prefix).parse().map_err(io::Error::other)?)
+        .with_mac(Mac([0x02, 0, 0, 0, 0, 0x01]));
+
+    let start = Instant::now();
+    let printer: Box<dyn FrameSink> = Box::new(FrameLog(move |dir: Direction, frame: &[u8]| {
+        let (from, to) = match dir {
+            Direction::Out => ("alice", "bob  "),
+            Direction::In => ("bob  ", "alice"),
+        };
+        println!(
+            "{:>9.3} ms  {from} -> {to}  {}",
+            start.elapsed().as_secs_f64() * 1e3,
+            describe(frame)
+        );
+    }));
+    let alice = Stack::new(dev.wrap(alice_end, Some(printer))?, alice_config)?;
+    let bob = Stack::new(bob_end, bob_config)?;
+    let target = bob_net.addr;
+    println!(
+        "alice {} ({}) pings bob {} ({}) over an in-memory wire\n",
+        alice.config().addrs[0],
+        alice.mac(),
+        bob.config().addrs[0],
+        bob.mac()
+    );
+
+    let mut pinger = alice.pinger(target)?;
+    let mut rtts = Vec::new();
+    for n in 0..args.count {
+        if n > 0 {
+            std::thread::sleep(args.interval);
+        }
+        match pinger.ping(args.timeout) {
+            Ok(rtt) => {
+                println!(
+                    "{:>9.3} ms  reply from {target}: seq={} time={:.3} ms",
+                    start.elapsed().as_secs_f64() * 1e3,
+                    pinger.seq(),
+                    rtt.as_secs_f64() * 1e3
+                );
+                rtts.push(rtt);
+            }
+            Err(e) => println!("{:>9.3} ms  {e}", start.elapsed().as_secs_f64() * 1e3),
+        }
+    }
+    drop(pinger);
+    alice.stop();
+    bob.stop();
+
+    let sent = usize::from(args.count);
+    println!(
+        "\n--- {target} ping statistics ---\n{sent} sent, {} received, {:.0}% loss",
+        rtts.len(),
+        100.0 * (sent - rtts.len()) as f64 / sent as f64
+    );
+    if let (Some(min), Some(max)) = (rtts.iter().min(), rtts.iter().max()) {
+        let avg = rtts.iter().sum::<Duration>() / rtts.len() as u32;
+        println!(
+            "rtt min/avg/max = {:.3}/{:.3}/{:.3} ms",
+            min.as_secs_f64() * 1e3,
+            avg.as_secs_f64() * 1e3,
+            max.as_secs_f64() * 1e3
+        );
+    }
+    println!("alice's link: {}", alice.counters());
+    Ok(if rtts.is_empty() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}

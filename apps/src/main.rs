@@ -1,0 +1,59 @@
+//! `tapnet`: a userspace TCP/IP stack on a TAP device, and the programs that run on it.
+//!
+//! One binary with subcommands. Each subcommand is a module here; the device options they
+//! all share live in [`device`].
+
+mod demo;
+mod device;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// A userspace TCP/IP stack on a Linux TAP device, built to be watched.
+#[derive(Parser, Debug)]
+#[command(name = "tapnet", version, propagate_version = true)]
+#[command(after_help = "Logging: set RUST_LOG, e.g. RUST_LOG=debug tapnet up --tap tap0")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Bring a host up on a TAP: it answers ARP and ping until SIGINT or SIGTERM
+    Up(up::UpArgs),
+    /// Two stacks on an in-memory wire, one pinging the other (no root needed)
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn"))
+        .format_timestamp_millis()
+        .init();
+    // clap prints its own message and exits 2 on bad flags or values.
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Up(args) => up::run(args),
+        Command::Demo(args) => demo::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("tapnet: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,181 @@
+//! [`StackConfig`]: who the stack is on its link.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
+
+/// How a [`crate::Stack`] presents itself on its link.
+///
+/// # Examples
+/// ```
+/// use stack::{Ipv4Net, StackConfig};
+/// let config = StackConfig::new()
+///     .with_addr("10.0.0.2/24".parse::<Ipv4Net>()?)
+///     .with_gateway("10.0.0.1".parse()?);
+/// assert_eq!(config.addrs.len(), 1);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StackConfig {
+    /// The Ethernet address. `None` picks a random, locally administered one.
+    pub mac: Option<Mac>,
+    /// IPv4 addresses with their prefix lengths. The first is the one the stack
+    /// sources from by default.
+    pub addrs: Vec<Ipv4Net>,
+    /// Where packets for addresses outside every prefix go.
+    pub gateway: Option<Ipv4Addr>,
+}
+
+impl StackConfig {
+    /// A config with a random MAC, no addresses and no gateway.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds an address.
+    pub fn with_addr(mut self, addr: Ipv4Net) -> Self {
+        self.addrs.push(addr);
+        self
+    }
+
+    /// Sets the default gateway.
+    pub fn with_gateway(mut self, gateway: Ipv4Addr) -> Self {
+        self.gateway = Some(gateway);
+        self
+    }
+
+    /// Sets the Ethernet address.
+    pub fn with_mac(mut self, mac: Mac) -> Self {
+        self.mac = Some(mac);
+        self
+    }
+}
+
+/// An IPv4 address with a prefix length, written `10.0.0.2/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Net {
+    /// The address.
+    pub addr: Ipv4Addr,
+    /// The prefix length, 0 to 32.
+    pub prefix: u8,
+}
+
+impl Ipv4Net {
+    pub(crate) fn cidr(self) -> Ipv4Cidr {
+        Ipv4Cidr::new(Ipv4Address::from(self.addr), self.prefix)
+    }
+
+    /// Whether `ip` lies inside this prefix.
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        self.cidr().contains_addr(&Ipv4Address::from(ip))
+    }
+}
+
+impl FromStr for Ipv4Net {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?} is not ADDRESS/PREFIX, for example 10.0.0.2/24"))?;
+        let addr: Ipv4Addr = addr
+            .parse()
+            .map_err(|_| format!("{addr:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| format!("prefix {prefix:?} is not a number from 0 to 32"))?;
+        if addr.is_unspecified() || addr.is_multicast() || addr.is_broadcast() {
+            return Err(format!("{addr} cannot be a host address"));
+        }
+        Ok(Ipv4Net { addr, prefix })
+    }
+}
+
+impl fmt::Display for Ipv4Net {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// An Ethernet address, written `02:00:00:00:00:01`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// A random unicast, locally administered address (`x2:..`, `x6:..`, `xa:..`, `xe:..`).
+    pub fn random() -> Mac {
+        let mut bytes = [0u8; 6];
+        bytes.iter_mut().for_each(|b| *b = fastrand::u8(..));
+        bytes[0] = (bytes[0] & 0xfc) | 0x02;
+        Mac(bytes)
+    }
+
+    pub(crate) fn ethernet(self) -> EthernetAddress {
+        EthernetAddress(self.0)
+    }
+}
+
+impl FromStr for Mac {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("{s:?} is not a MAC address like 02:00:00:00:00:01");
+        let mut bytes = [0u8; 6];
+        let mut parts = s.split([':', '-']);
+        for byte in &mut bytes {
+            let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+            *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+        }
+        if parts.next().is_some() {
+            return Err(bad());
+        }
+        if bytes[0] & 1 == 1 {
+            return Err(format!("{s} is a multicast address; a host needs a unicast one"));
+        }
+        Ok(Mac(bytes))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let b = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            b[0], b[1], b[2], b[3], b[4], b[5]
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse_or_explain() {
+        let net: Ipv4Net = "10.0.0.2/24".parse().unwrap();
+        assert_eq!(net.to_string(), "10.0.0.2/24");
+        assert!(net.contains(Ipv4Addr::new(10, 0, 0, 200)));
+        assert!(!net.contains(Ipv4Addr::new(10, 0, 1, 1)));
+        for bad in ["10.0.0.2", "10.0.0.2/33", "10.0.0/24", "x/1", "0.0.0.0/8", "224.0.0.1/4", ""] {
+            assert!(bad.parse::<Ipv4Net>().is_err(), "{bad:?} parsed");
+        }
+    }
+
+    #[test]
+    fn macs_round_trip_and_random_ones_are_local_unicast() {
+        let mac: Mac = "02:00:5e:10:00:ff".parse().unwrap();
+        assert_eq!(mac.to_string(), "02:00:5e:10:00:ff");
+        for bad in ["01:00:00:00:00:00", "02:00:00:00:00", "02:00:00:00:00:00:00", "zz:00:00:00:00:00", "2:0:0:0:0:0"] {
+            assert!(bad.parse::<Mac>().is_err(), "{bad:?} parsed");
+        }
+        for _ in 0..100 {
+            let m = Mac::random();
+            assert_eq!(m.0[0] & 0x03, 0x02, "{m}");
+        }
+    }
+}

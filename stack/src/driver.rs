@@ -1,0 +1,153 @@
+//! The driver loop: the one thread that moves frames between the device and smoltcp.
+//!
+//! Each pass, from top to bottom:
+//!
+//! 1. **Wait** for whichever comes first: the device's descriptor is readable, a handle
+//!    wrote the wake-up eventfd, or the next deadline arrives. The deadline is the
+//!    earlier of smoltcp's `poll_at` (a retransmission, a delayed ACK, a keepalive)
+//!    and the device's own `poll_at` (a frame held back by an impairment). `ppoll` takes
+//!    it in nanoseconds: smoltcp's own `phy::wait` rounds sub-millisecond waits down to
+//!    zero and spins.
+//! 2. **Drain** every ready frame into the interface, in batches, so a flood cannot
+//!    starve the egress half.
+//! 3. **Poll**: let every socket transmit what it has, until none has more.
+//! 4. **Flush** the device (a capture file, for one), then go back to 1.
+//!
+//! No fixed sleeps and no spinning: with nothing to do, the thread sleeps in `ppoll`
+//! until a frame, a call or a timer needs it.
+
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use netdev::Link;
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags, ppoll};
+use nix::sys::time::TimeSpec;
+use smoltcp::iface::{PollIngressSingleResult, PollResult};
+
+use crate::Shared;
+
+/// Frames taken in per pass before egress gets a turn.
+const INGRESS_BATCH: usize = 256;
+
+/// smoltcp's clock: microseconds since the stack started, from the monotonic clock.
+pub(crate) fn now(epoch: Instant) -> smoltcp::time::Instant {
+    smoltcp::time::Instant::from_micros(epoch.elapsed().as_micros() as i64)
+}
+
+/// Runs the loop until the stack is stopped, then releases the device.
+pub(crate) fn run<D: Link>(shared: Arc<Shared>, mut device: D) {
+    // However the loop ends, even by a panic, blocked calls must learn of it.
+    let _exit = ExitGuard(&shared);
+    let mut device_failed = false;
+    while !shared.stopped.load(Ordering::Acquire) {
+        // A wake-up that arrives from here on asks for another pass.
+        shared.wake_pending.store(false, Ordering::Release);
+        let now = now(shared.epoch);
+        device.service(now);
+
+        let (iface_at, more_frames) = {
+            let mut core = shared.lock();
+            let core = &mut *core;
+            core.iface.poll_maintenance(now);
+
+            // 2. Drain ready frames.
+            let mut taken = 0;
+            while taken < INGRESS_BATCH
+                && core.iface.poll_ingress_single(now, &mut device, &mut core.sockets)
+                    != PollIngressSingleResult::None
+            {
+                taken += 1;
+            }
+
+            // 3. Poll: transmit until no socket has more to send.
+            while core.iface.poll_egress(now, &mut device, &mut core.sockets)
+                == PollResult::SocketStateChanged
+            {}
+
+            (core.iface.poll_at(now, &core.sockets), taken == INGRESS_BATCH)
+        };
+
+        // 4. Flush.
+        device.flush();
+
+        // 1. Wait (for the next pass), until the earlier of the two deadlines.
+        let deadline = match (iface_at, device.poll_at()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let timeout = if more_frames {
+            Some(Duration::ZERO)
+        } else {
+            deadline.map(|at| until(at, shared.epoch))
+        };
+        wait(&shared, &device, timeout, &mut device_failed);
+    }
+    log::debug!("driver stopped");
+}
+
+/// Time left until `at`, zero if it has passed. (smoltcp's `Instant - Instant` is an
+/// absolute difference, so compare first.)
+fn until(at: smoltcp::time::Instant, epoch: Instant) -> Duration {
+    let now = now(epoch);
+    if at <= now {
+        Duration::ZERO
+    } else {
+        Duration::from_micros((at - now).total_micros())
+    }
+}
+
+/// Sleeps in `ppoll` on the device and the wake-up eventfd, for at most `timeout`.
+fn wait<D: Link>(
+    shared: &Shared,
+    device: &D,
+    timeout: Option<Duration>,
+    device_failed: &mut bool,
+) {
+    if timeout == Some(Duration::ZERO) {
+        return;
+    }
+    // A device that reported an error condition (a TAP deleted under us) stays readable
+    // forever; leave it out of the wait rather than spin, and keep serving timers.
+    let device_events = if *device_failed {
+        PollFlags::empty()
+    } else {
+        PollFlags::POLLIN
+    };
+    let mut fds = [
+        PollFd::new(device.as_fd(), device_events),
+        PollFd::new(shared.wake.as_fd(), PollFlags::POLLIN),
+    ];
+    let timespec = timeout.map(TimeSpec::from_duration);
+    match ppoll(&mut fds, timespec, None) {
+        Ok(_) | Err(Errno::EINTR) => {}
+        Err(e) => log::error!("driver: ppoll: {e}"),
+    }
+    let failed = PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL;
+    if fds[0].revents().is_some_and(|r| r.intersects(failed)) && !*device_failed {
+        log::error!("driver: the device reports an error or hang-up; no longer waiting on it");
+        *device_failed = true;
+    }
+    if fds[1].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+        // Reset the counter; the pending flag was cleared at the top of the pass.
+        let _ = shared.wake.read();
+    }
+}
+
+/// Marks the stack stopped and wakes every blocked call when the driver exits.
+struct ExitGuard<'a>(&'a Shared);
+
+impl Drop for ExitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.stopped.store(true, Ordering::Release);
+        if std::thread::panicking() {
+            log::error!("the stack's driver panicked; every call on it now fails");
+        }
+        let mut core = self.0.lock();
+        for (_, waker) in core.blocked.drain() {
+            waker.wake();
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! [`Pinger`]: ICMP echo requests from the stack, with round-trip times.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::SocketHandle;
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::socket::icmp;
+use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress, Ipv4Address};
+
+use crate::{Blocked, Stack};
+
+/// Bytes of payload in each echo request, as the kernel's `ping` sends by default.
+const PAYLOAD: [u8; 56] = *b"tapnet ping: the quick brown fox jumps over the lazy dog";
+
+/// Sends ICMP echo requests to one address and waits for the replies.
+///
+/// Each pinger has its own ICMP identifier, so several can run at once. The socket is
+/// freed when the pinger is dropped.
+pub struct Pinger {
+    stack: Stack,
+    socket: SocketHandle,
+    dst: Ipv4Addr,
+    ident: u16,
+    seq: u16,
+}
+
+impl Pinger {
+    pub(crate) fn new(stack: Stack, dst: Ipv4Addr) -> io::Result<Pinger> {
+        let ident = fastrand::u16(1..);
+        let mut socket = icmp::Socket::new(
+            icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 8 * 128]),
+            icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 8 * 128]),
+        );
+        socket
+            .bind(icmp::Endpoint::Ident(ident))
+            .map_err(|e| io::Error::other(format!("ping {dst}: bind: {e}")))?;
+        let socket = stack.shared().lock().sockets.add(socket);
+        Ok(Pinger {
+            stack,
+            socket,
+            dst,
+            ident,
+            seq: 0,
+        })
+    }
+
+    /// The address this pinger pings.
+    pub fn dst(&self) -> Ipv4Addr {
+        self.dst
+    }
+
+    /// The sequence number of the last request sent (0 before the first).
+    pub fn seq(&self) -> u16 {
+        self.seq
+    }
+
+    /// Sends the next echo request and waits up to `timeout` for its reply.
+    ///
+    /// # Errors
+    /// `TimedOut` when no matching reply arrives in time (also the first ping to a
+    /// host that never answers ARP); `NotConnected` when the stack has stopped.
+    pub fn ping(&mut self, timeout: Duration) -> io::Result<Duration> {
+        self.seq = self.seq.wrapping_add(1);
+        let (dst, ident, seq) = (self.dst, self.ident, self.seq);
+        let request = Icmpv4Repr::EchoRequest {
+            ident,
+            seq_no: seq,
+            data: &PAYLOAD,
+        };
+        let sent_at = Instant::now();
+        let deadline = sent_at + timeout;
+        let shared = self.stack.shared();
+        {
+            let mut core = shared.lock();
+            let socket = core.sockets.get_mut::<icmp::Socket>(self.socket);
+            let buf = socket
+                .send(request.buffer_len(), IpAddress::Ipv4(Ipv4Address::from(dst)))
+                .map_err(|e| io::Error::other(format!("ping {dst} seq {seq}: send: {e}")))?;
+            request.emit(
+                &mut Icmpv4Packet::new_unchecked(buf),
+                &ChecksumCapabilities::default(),
+            );
+        }
+        shared.wake();
+        let result = shared.block_on(Some(deadline), |core, waker| {
+            let socket = core.sockets.get_mut::<icmp::Socket>(self.socket);
+            while let Ok((payload, from)) = socket.recv() {
+                if from == IpAddress::Ipv4(Ipv4Address::from(dst)) && is_reply(payload, ident, seq) {
+                    return Some(Ok(sent_at.elapsed()));
+                }
+            }
+            socket.register_recv_waker(waker);
+            None
+        });
+        result.map_err(|why| match why {
+            Blocked::Failed(e) => e,
+            Blocked::TimedOut => io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("ping {dst} seq {seq}: no reply within {timeout:?}"),
+            ),
+            Blocked::Stopped => io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("ping {dst} seq {seq}: the stack has stopped"),
+            ),
+        })
+    }
+}
+
+fn is_reply(payload: &[u8], ident: u16, seq: u16) -> bool {
+    let Ok(packet) = Icmpv4Packet::new_checked(payload) else {
+        return false;
+    };
+    matches!(
+        Icmpv4Repr::parse(&packet, &ChecksumCapabilities::default()),
+        Ok(Icmpv4Repr::EchoReply { ident: i, seq_no: s, .. }) if i == ident && s == seq
+    )
+}
+
+impl Drop for Pinger {
+    fn drop(&mut self) {
+        self.stack.shared().lock().sockets.remove(self.socket);
+    }
+}

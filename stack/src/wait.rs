@@ -1,0 +1,108 @@
+//! How a calling thread sleeps until the driver has news for it.
+//!
+//! The pattern is gVisor's: try the operation under the stack's lock; if it would block,
+//! register a [`Waker`] with the smoltcp socket *while still holding the lock*, release
+//! the lock, then sleep until woken, the deadline passes, or the stack stops. The driver
+//! can only wake a registered waker after taking the same lock, so no wake-up is lost.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Wake, Waker};
+use std::thread::{self, Thread};
+use std::time::Instant;
+
+/// One blocked caller: a flag and the thread to unpark.
+pub(crate) struct Waiter {
+    signal: Arc<Signal>,
+    waker: Waker,
+}
+
+struct Signal {
+    woken: AtomicBool,
+    thread: Thread,
+}
+
+impl Wake for Signal {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
+/// Why [`Waiter::wait`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Woke {
+    /// The waker fired: try again.
+    Notified,
+    /// The deadline passed first.
+    TimedOut,
+}
+
+impl Waiter {
+    /// A waiter for the calling thread.
+    pub(crate) fn new() -> Waiter {
+        let signal = Arc::new(Signal {
+            woken: AtomicBool::new(false),
+            thread: thread::current(),
+        });
+        let waker = Waker::from(signal.clone());
+        Waiter { signal, waker }
+    }
+
+    /// The waker to register with a socket (or with the stack, for stop).
+    pub(crate) fn waker(&self) -> &Waker {
+        &self.waker
+    }
+
+    /// Sleeps until woken or until `deadline`. Spurious unparks are absorbed.
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> Woke {
+        loop {
+            if self.signal.woken.swap(false, Ordering::Acquire) {
+                return Woke::Notified;
+            }
+            match deadline {
+                None => thread::park(),
+                Some(deadline) => {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Woke::TimedOut;
+                    }
+                    thread::park_timeout(deadline - now);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn a_wake_before_the_wait_is_not_lost() {
+        let waiter = Waiter::new();
+        waiter.waker().wake_by_ref();
+        assert_eq!(waiter.wait(Some(Instant::now())), Woke::Notified);
+    }
+
+    #[test]
+    fn wakes_from_another_thread_and_times_out_alone() {
+        let waiter = Waiter::new();
+        let waker = waiter.waker().clone();
+        let t = thread::spawn(move || {
+            thread::sleep(Duration::from_millis(20));
+            waker.wake();
+        });
+        let start = Instant::now();
+        assert_eq!(waiter.wait(Some(start + Duration::from_secs(5))), Woke::Notified);
+        t.join().unwrap();
+        let start = Instant::now();
+        assert_eq!(waiter.wait(Some(start + Duration::from_millis(30))), Woke::TimedOut);
+        assert!(start.elapsed() >= Duration::from_millis(30));
+    }
+}

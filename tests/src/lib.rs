@@ -1,0 +1,201 @@
+//! The end-to-end test harness: private network namespaces, TAPs inside them, kernel
+//! peers, and the root rule.
+//!
+//! # Network rule
+//! Every test that touches a real link runs in [`in_netns`]: a fresh thread that calls
+//! `unshare(CLONE_NEWNET)`, so it and every thread or process it starts live in a network
+//! namespace of their own, holding only `lo` and the TAP the test makes. The kernel side
+//! of the TAP gets [`KERNEL_ADDR`], the stack [`STACK_ADDR`]; no route leads anywhere
+//! else, so no frame can leave. The namespace vanishes when the thread ends and the TAP
+//! is closed.
+//!
+//! # Root rule
+//! Namespaces and TAPs need root. Test binaries build their tests with [`root`] and
+//! [`plain`] and run them through [`main`] (they use `harness = false`, with
+//! libtest-mimic). Without root, root tests are reported as ignored, and a banner counts
+//! them; with `TAPNET_REQUIRE_ROOT=1` set (CI sets it) they fail instead.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Output, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use libtest_mimic::{Arguments, Failed, Trial};
+use nix::sched::{CloneFlags, unshare};
+use nix::unistd::geteuid;
+
+/// The kernel's address on the test TAP.
+pub const KERNEL_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// The tapnet stack's address on the test TAP.
+pub const STACK_ADDR: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+/// The environment variable that turns a root test's skip into a failure.
+pub const REQUIRE_ROOT: &str = "TAPNET_REQUIRE_ROOT";
+
+/// What a test returns.
+pub type TestResult = Result<(), Failed>;
+
+/// A test that needs no privileges.
+pub fn plain(name: &str, test: fn() -> TestResult) -> Trial {
+    Trial::test(name, test)
+}
+
+/// A test that needs root (a namespace, a TAP). See the module docs for the root rule.
+pub fn root(name: &str, test: fn() -> TestResult) -> Trial {
+    if geteuid().is_root() {
+        Trial::test(name, test)
+    } else if std::env::var_os(REQUIRE_ROOT).is_some_and(|v| v != "0") {
+        Trial::test(name, || {
+            Err(format!("this test needs root, and {REQUIRE_ROOT} forbids skipping it").into())
+        })
+    } else {
+        Trial::test(name, test).with_ignored_flag(true)
+    }
+}
+
+/// Runs the binary's tests, first counting aloud the root tests that are skipped.
+pub fn main(trials: Vec<Trial>) -> ! {
+    let args = Arguments::from_args();
+    let skipped = trials.iter().filter(|t| t.has_ignored_flag()).count();
+    let banner = || {
+        if skipped > 0 && !args.ignored && !args.include_ignored {
+            eprintln!(
+                "\n*** SKIPPED {skipped} test(s) that need root (network namespaces, TAP devices). \
+                 Run as root to include them; CI does, with {REQUIRE_ROOT}=1. ***\n"
+            );
+        }
+    };
+    banner();
+    let conclusion = libtest_mimic::run(&args, trials);
+    banner();
+    conclusion.exit()
+}
+
+/// Runs `f` on a new thread inside a new, private network namespace with `lo` up.
+pub fn in_netns<T: Send>(f: impl FnOnce() -> Result<T, Failed> + Send) -> Result<T, Failed> {
+    thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
+                ip(&["link", "set", "lo", "up"])?;
+                f()
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Runs `ip ARGS...` in the calling thread's namespace; fails with its stderr.
+pub fn ip(args: &[&str]) -> TestResult {
+    let out = run(Command::new("ip").args(args), Duration::from_secs(10))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)).into())
+    }
+}
+
+/// Gives the TAP `name` the kernel-side address [`KERNEL_ADDR`]/24 and sets it up.
+pub fn kernel_side_up(name: &str) -> TestResult {
+    ip(&["addr", "add", &format!("{KERNEL_ADDR}/24"), "dev", name])?;
+    ip(&["link", "set", name, "up"])
+}
+
+/// Runs a command to completion, killing it if it outlives `timeout`.
+pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output, Failed> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("spawn {cmd:?}: {e}"))?;
+    wait_bounded(child, timeout).map_err(|e| format!("{cmd:?}: {e}").into())
+}
+
+/// Waits for `child` for at most `timeout`, then kills it. Output is collected either way.
+pub fn wait_bounded(mut child: Child, timeout: Duration) -> io::Result<Output> {
+    let deadline = Instant::now() + timeout;
+    while child.try_wait()?.is_none() {
+        if Instant::now() >= deadline {
+            child.kill()?;
+            let out = child.wait_with_output()?;
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!(
+                    "still running after {timeout:?}, killed; stdout: {} stderr: {}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+            ));
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    child.wait_with_output()
+}
+
+/// Polls `cond` every 10 ms until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) -> TestResult {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return Err(format!("timed out after {timeout:?} waiting for {what}").into());
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+    Ok(())
+}
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub std::path::PathBuf);
+
+impl TempDir {
+    /// Makes a fresh directory under the system's temp dir.
+    pub fn new(tag: &str) -> io::Result<TempDir> {
+        let path = std::env::temp_dir().join(format!(
+            "tapnet-{tag}-{}-{}",
+            std::process::id(),
+            fastrand_suffix()
+        ));
+        std::fs::create_dir_all(&path)?;
+        Ok(TempDir(path))
+    }
+
+    /// A path inside the directory.
+    pub fn join(&self, name: &str) -> std::path::PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn fastrand_suffix() -> u64 {
+    use std::hash::{BuildHasher, RandomState};
+    RandomState::new().hash_one(Instant::now())
+}
+
+/// Asserts with a message, as a test failure rather than a panic.
+#[macro_export]
+macro_rules! check {
+    ($cond:expr, $($msg:tt)+) => {
+        if !$cond {
+            return Err(format!($($msg)+).into());
+        }
+    };
+}
+
+/// The frames of a pcap file, in order.
+pub fn pcap_frames(path: &std::path::Path) -> Result<Vec<Vec<u8>>, Failed> {
+    let file = std::fs::File::open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
+    let mut reader = pcap_file::pcap::PcapReader::new(file)
+        .map_err(|e| format!("{} is not a pcap file: {e}", path.display()))?;
+    let mut frames = Vec::new();
+    while let Some(packet) = reader.next_packet() {
+        let packet = packet.map_err(|e| format!("{}: bad record: {e}", path.display()))?;
+        frames.push(packet.data.into_owned());
+    }
+    Ok(frames)
+}

@@ -1,0 +1,144 @@
+//! tapnet on a real TAP, with the kernel as the peer, inside a private namespace.
+
+use std::io::ErrorKind;
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::Duration;
+
+use netdev::{Capture, PcapFile, Tap, TapOptions};
+use smoltcp::wire::{
+    ArpOperation, ArpPacket, EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv4Packet,
+    IpProtocol, Ipv4Packet,
+};
+use stack::{Stack, StackConfig};
+use tapnet_tests::{
+    STACK_ADDR, TempDir, TestResult, check, in_netns, ip, kernel_side_up, pcap_frames,
+    root, run,
+};
+
+fn main() {
+    tapnet_tests::main(vec![
+        root("kernel_ping_gets_replies_and_the_pcap_shows_them", ping_and_pcap),
+        root("kernel_connect_to_a_closed_port_is_refused", closed_port_refused),
+        root("an_existing_tap_is_attached_and_its_mtu_read", existing_tap),
+        root("the_mtu_option_overrides_the_interface", mtu_override),
+    ])
+}
+
+fn stack_config() -> StackConfig {
+    StackConfig::new().with_addr(format!("{STACK_ADDR}/24").parse().unwrap())
+}
+
+/// Kernel `ping` gets three replies; the pcap the run wrote shows ARP and ICMP both ways,
+/// as smoltcp's parsers and as tshark read it.
+fn ping_and_pcap() -> TestResult {
+    let dir = TempDir::new("ping")?;
+    let pcap = dir.join("ping.pcap");
+    in_netns(|| {
+        let tap = Tap::open("tap0", &TapOptions::default())?;
+        kernel_side_up("tap0")?;
+        let stack = Stack::new(Capture::new(tap, PcapFile::create(&pcap)?), stack_config())?;
+        let out = run(
+            Command::new("ping").args(["-c", "3", "-i", "0.2", "-W", "2", &STACK_ADDR.to_string()]),
+            Duration::from_secs(20),
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        check!(out.status.success(), "ping failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+        check!(text.contains("3 received"), "ping output: {text}");
+        let counters = stack.counters();
+        check!(counters.rx_frames >= 4 && counters.tx_frames >= 4, "counters: {counters}");
+        stack.stop();
+        Ok(())
+    })?;
+
+    // Our own reading, with smoltcp's wire types.
+    let (mut who_has, mut is_at, mut requests, mut replies) = (0, 0, 0, 0);
+    for frame in pcap_frames(&pcap)? {
+        let eth = EthernetFrame::new_checked(&frame[..]).map_err(|e| e.to_string())?;
+        match eth.ethertype() {
+            EthernetProtocol::Arp => match ArpPacket::new_checked(eth.payload()).map(|a| a.operation()) {
+                Ok(ArpOperation::Request) => who_has += 1,
+                Ok(ArpOperation::Reply) => is_at += 1,
+                _ => {}
+            },
+            EthernetProtocol::Ipv4 => {
+                let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|e| e.to_string())?;
+                if ip.next_header() == IpProtocol::Icmp {
+                    match Icmpv4Packet::new_checked(ip.payload()).map(|i| i.msg_type()) {
+                        Ok(Icmpv4Message::EchoRequest) => requests += 1,
+                        Ok(Icmpv4Message::EchoReply) => replies += 1,
+                        _ => {}
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    check!(who_has >= 1 && is_at >= 1, "ARP in pcap: {who_has} requests, {is_at} replies");
+    check!(requests == 3 && replies == 3, "ICMP in pcap: {requests} requests, {replies} replies");
+
+    // tshark's reading.
+    let out = run(
+        Command::new("tshark").args(["-r"]).arg(&pcap).args(["-T", "fields", "-e", "_ws.col.Protocol", "-e", "_ws.col.Info"]),
+        Duration::from_secs(60),
+    )?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    check!(out.status.success(), "tshark failed: {}", String::from_utf8_lossy(&out.stderr));
+    let arp = text.lines().filter(|l| l.starts_with("ARP")).count();
+    let echo_req = text.lines().filter(|l| l.starts_with("ICMP") && l.contains("Echo (ping) request")).count();
+    let echo_rep = text.lines().filter(|l| l.starts_with("ICMP") && l.contains("Echo (ping) reply")).count();
+    check!(arp >= 2 && echo_req == 3 && echo_rep == 3, "tshark read:\n{text}");
+    Ok(())
+}
+
+/// A TCP SYN to a port nobody listens on is answered with RST: connect is refused.
+fn closed_port_refused() -> TestResult {
+    in_netns(|| {
+        let tap = Tap::open("tap0", &TapOptions::default())?;
+        kernel_side_up("tap0")?;
+        let _stack = Stack::new(tap, stack_config())?;
+        let addr = SocketAddr::from((STACK_ADDR, 9));
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(5)) {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(()),
+            other => Err(format!("connect to {addr}: expected refused, got {other:?}").into()),
+        }
+    })
+}
+
+/// A TAP made with `ip tuntap add` beforehand is attached to, not recreated, and its MTU
+/// is the interface's.
+fn existing_tap() -> TestResult {
+    in_netns(|| {
+        ip(&["tuntap", "add", "dev", "labtap", "mode", "tap"])?;
+        ip(&["link", "set", "labtap", "mtu", "1400"])?;
+        let tap = Tap::open("labtap", &TapOptions::default())?;
+        check!(tap.name() == "labtap", "name {}", tap.name());
+        check!(tap.mtu() == 1400, "MTU {} instead of 1400", tap.mtu());
+        kernel_side_up("labtap")?;
+        let _stack = Stack::new(tap, stack_config())?;
+        let out = run(
+            Command::new("ping").args(["-c", "1", "-W", "2", &STACK_ADDR.to_string()]),
+            Duration::from_secs(10),
+        )?;
+        check!(out.status.success(), "ping through the attached TAP: {:?}", out);
+        // A second open of a TAP someone holds is refused with a clear message.
+        let held = Tap::open("labtap", &TapOptions::default());
+        check!(held.is_err(), "a second open of a busy TAP succeeded");
+        Ok(())
+    })
+}
+
+/// `--mtu` wins over the interface's MTU, and a silly one is refused.
+fn mtu_override() -> TestResult {
+    in_netns(|| {
+        let tap = Tap::open("tap0", &TapOptions { mtu: Some(1280) })?;
+        check!(tap.mtu() == 1280, "MTU {}", tap.mtu());
+        drop(tap);
+        let err = Tap::open("tap1", &TapOptions { mtu: Some(10) }).err();
+        check!(
+            err.as_ref().is_some_and(|e| e.to_string().contains("out of range")),
+            "MTU 10 gave {err:?}"
+        );
+        Ok(())
+    })
+}
