@@ -72,7 +72,11 @@ fn ping(args: DemoArgs) -> io::Result<ExitCode> {
         "10.0.0.1"
     };
     let alice_config = StackConfig::new()
-        .with_addr(format!("{alice_addr}/{}", bob_net.prefix).parse().map_err(io::Error::other)?)
+        .with_addr(
+            format!("{alice_addr}/{}", bob_net.prefix)
+                .parse()
+                .map_err(io::Error::other)?,
+        )
         .with_mac(Mac([0x02, 0, 0, 0, 0, 0x01]));
 
     let start = Instant::now();

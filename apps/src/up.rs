@@ -14,6 +14,8 @@ use crate::device::DeviceArgs;
 /// Options of `tapnet up`.
 #[derive(Args, Debug)]
 #[command(after_help = "\
+Without --tap, up opens tap0; without --addr, it takes 10.0.0.2/24.
+
 Example (as root, or with a TAP made for your user):
   sudo ip tuntap add dev tap0 mode tap user $USER
   sudo ip addr add 10.0.0.1/24 dev tap0 && sudo ip link set tap0 up

@@ -42,7 +42,11 @@ pub struct Describe<'a>(&'a [u8]);
 impl fmt::Display for Describe<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Ok(eth) = EthernetFrame::new_checked(self.0) else {
-            return write!(f, "malformed frame ({} bytes): truncated Ethernet header", self.0.len());
+            return write!(
+                f,
+                "malformed frame ({} bytes): truncated Ethernet header",
+                self.0.len()
+            );
         };
         match eth.ethertype() {
             EthernetProtocol::Arp => arp(f, eth.payload()),
@@ -111,13 +115,22 @@ fn ipv4(f: &mut fmt::Formatter<'_>, payload: &[u8]) -> fmt::Result {
     }
 }
 
-fn icmp(f: &mut fmt::Formatter<'_>, src: Ipv4Address, dst: Ipv4Address, body: &[u8]) -> fmt::Result {
+fn icmp(
+    f: &mut fmt::Formatter<'_>,
+    src: Ipv4Address,
+    dst: Ipv4Address,
+    body: &[u8],
+) -> fmt::Result {
     let Ok(p) = Icmpv4Packet::new_checked(body) else {
         return write!(f, "malformed ICMP {src} > {dst}");
     };
     match p.msg_type() {
         kind @ (Icmpv4Message::EchoRequest | Icmpv4Message::EchoReply) => {
-            let what = if kind == Icmpv4Message::EchoRequest { "request" } else { "reply" };
+            let what = if kind == Icmpv4Message::EchoRequest {
+                "request"
+            } else {
+                "reply"
+            };
             write!(
                 f,
                 "ICMP echo {what} {src} > {dst} id {} seq {} len {}",
@@ -135,7 +148,13 @@ fn tcp(f: &mut fmt::Formatter<'_>, src: Ipv4Address, dst: Ipv4Address, body: &[u
         return write!(f, "malformed TCP {src} > {dst}");
     };
     let mut flags = String::with_capacity(5);
-    for (set, c) in [(p.syn(), 'S'), (p.fin(), 'F'), (p.rst(), 'R'), (p.psh(), 'P'), (p.ack(), '.')] {
+    for (set, c) in [
+        (p.syn(), 'S'),
+        (p.fin(), 'F'),
+        (p.rst(), 'R'),
+        (p.psh(), 'P'),
+        (p.ack(), '.'),
+    ] {
         if set {
             flags.push(c);
         }

@@ -41,7 +41,8 @@ pub(crate) fn interface_mtu(name: &str) -> io::Result<usize> {
     }
     // SAFETY: after a successful SIOCGIFMTU the kernel has set the `ifru_mtu` member.
     let mtu = unsafe { req.ifr_ifru.ifru_mtu };
-    usize::try_from(mtu).map_err(|_| io::Error::other(format!("interface {name} reports MTU {mtu}")))
+    usize::try_from(mtu)
+        .map_err(|_| io::Error::other(format!("interface {name} reports MTU {mtu}")))
 }
 
 /// Takes ownership of the descriptor inside a `tun_tap::Iface`, which implements only

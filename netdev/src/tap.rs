@@ -73,7 +73,10 @@ impl Tap {
             file: File::from(sys::into_owned_fd(iface)),
         };
         fcntl(&tap.file, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).map_err(|e| {
-            io::Error::new(io::Error::from(e).kind(), format!("TAP {name}: set non-blocking: {e}"))
+            io::Error::new(
+                io::Error::from(e).kind(),
+                format!("TAP {name}: set non-blocking: {e}"),
+            )
         })?;
         let mtu = match options.mtu {
             Some(mtu) => mtu,

@@ -75,3 +75,63 @@ pub fn wire(options: &WireOptions) -> io::Result<(WireEnd, WireEnd)> {
         FdDevice::with_io(b, options.mtu),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Device, Instant, Link};
+    use smoltcp::phy::{RxToken, TxToken};
+
+    #[test]
+    fn a_full_queue_drops_the_tail_and_counts_it() {
+        let options = WireOptions {
+            mtu: 1500,
+            queue_bytes: 64 * 1024,
+        };
+        let (mut a, mut b) = wire(&options).unwrap();
+        let now = Instant::from_millis(0);
+        let mut sent = 0u32;
+        // Bounded: a 64 KiB queue fills long before 10,000 full-size frames.
+        while a.counters().snapshot().tx_dropped == 0 && sent < 10_000 {
+            a.transmit(now)
+                .unwrap()
+                .consume(1514, |f| f[..4].copy_from_slice(&sent.to_be_bytes()));
+            sent += 1;
+        }
+        let sa = a.counters().snapshot();
+        assert_eq!(sa.tx_dropped, 1, "no drop after {sent} frames");
+        assert!(
+            sa.tx_frames >= 10,
+            "the queue held only {} frames",
+            sa.tx_frames
+        );
+        // What was queued arrives whole and in order; the dropped frame is the last one.
+        let mut received = 0u32;
+        while let Some((rx, _)) = b.receive(now) {
+            rx.consume(|f| {
+                assert_eq!(f.len(), 1514);
+                assert_eq!(f[..4], received.to_be_bytes());
+            });
+            received += 1;
+        }
+        assert_eq!(u64::from(received), sa.tx_frames);
+        assert_eq!(b.counters().snapshot().rx_frames, sa.tx_frames);
+        // Drained, the queue takes frames again.
+        a.transmit(now).unwrap().consume(60, |f| f.fill(1));
+        assert_eq!(a.counters().snapshot().tx_frames, sa.tx_frames + 1);
+    }
+
+    #[test]
+    fn frames_over_the_mtu_are_dropped_on_receive() {
+        let (mut a, mut b) = wire(&WireOptions {
+            mtu: 1500,
+            ..WireOptions::default()
+        })
+        .unwrap();
+        let now = Instant::from_millis(0);
+        // The sender's own buffer grows rather than fail; the receiver refuses the frame.
+        a.transmit(now).unwrap().consume(1600, |f| f.fill(0));
+        assert!(b.receive(now).is_none());
+        assert_eq!(b.counters().snapshot().rx_dropped, 1);
+    }
+}

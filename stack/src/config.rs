@@ -4,7 +4,7 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
 
-use smoltcp::wire::{EthernetAddress, Ipv4Address, Ipv4Cidr};
+use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 
 /// How a [`crate::Stack`] presents itself on its link.
 ///
@@ -64,12 +64,12 @@ pub struct Ipv4Net {
 
 impl Ipv4Net {
     pub(crate) fn cidr(self) -> Ipv4Cidr {
-        Ipv4Cidr::new(Ipv4Address::from(self.addr), self.prefix)
+        Ipv4Cidr::new(self.addr, self.prefix)
     }
 
     /// Whether `ip` lies inside this prefix.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        self.cidr().contains_addr(&Ipv4Address::from(ip))
+        self.cidr().contains_addr(&ip)
     }
 }
 
@@ -134,7 +134,9 @@ impl FromStr for Mac {
             return Err(bad());
         }
         if bytes[0] & 1 == 1 {
-            return Err(format!("{s} is a multicast address; a host needs a unicast one"));
+            return Err(format!(
+                "{s} is a multicast address; a host needs a unicast one"
+            ));
         }
         Ok(Mac(bytes))
     }
@@ -161,7 +163,15 @@ mod tests {
         assert_eq!(net.to_string(), "10.0.0.2/24");
         assert!(net.contains(Ipv4Addr::new(10, 0, 0, 200)));
         assert!(!net.contains(Ipv4Addr::new(10, 0, 1, 1)));
-        for bad in ["10.0.0.2", "10.0.0.2/33", "10.0.0/24", "x/1", "0.0.0.0/8", "224.0.0.1/4", ""] {
+        for bad in [
+            "10.0.0.2",
+            "10.0.0.2/33",
+            "10.0.0/24",
+            "x/1",
+            "0.0.0.0/8",
+            "224.0.0.1/4",
+            "",
+        ] {
             assert!(bad.parse::<Ipv4Net>().is_err(), "{bad:?} parsed");
         }
     }
@@ -170,7 +180,13 @@ mod tests {
     fn macs_round_trip_and_random_ones_are_local_unicast() {
         let mac: Mac = "02:00:5e:10:00:ff".parse().unwrap();
         assert_eq!(mac.to_string(), "02:00:5e:10:00:ff");
-        for bad in ["01:00:00:00:00:00", "02:00:00:00:00", "02:00:00:00:00:00:00", "zz:00:00:00:00:00", "2:0:0:0:0:0"] {
+        for bad in [
+            "01:00:00:00:00:00",
+            "02:00:00:00:00",
+            "02:00:00:00:00:00:00",
+            "zz:00:00:00:00:00",
+            "2:0:0:0:0:0",
+        ] {
             assert!(bad.parse::<Mac>().is_err(), "{bad:?} parsed");
         }
         for _ in 0..100 {

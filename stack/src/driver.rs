@@ -56,7 +56,9 @@ pub(crate) fn run<D: Link>(shared: Arc<Shared>, mut device: D) {
             // 2. Drain ready frames.
             let mut taken = 0;
             while taken < INGRESS_BATCH
-                && core.iface.poll_ingress_single(now, &mut device, &mut core.sockets)
+                && core
+                    .iface
+                    .poll_ingress_single(now, &mut device, &mut core.sockets)
                     != PollIngressSingleResult::None
             {
                 taken += 1;
@@ -67,7 +69,10 @@ pub(crate) fn run<D: Link>(shared: Arc<Shared>, mut device: D) {
                 == PollResult::SocketStateChanged
             {}
 
-            (core.iface.poll_at(now, &core.sockets), taken == INGRESS_BATCH)
+            (
+                core.iface.poll_at(now, &core.sockets),
+                taken == INGRESS_BATCH,
+            )
         };
 
         // 4. Flush.
@@ -100,12 +105,7 @@ fn until(at: smoltcp::time::Instant, epoch: Instant) -> Duration {
 }
 
 /// Sleeps in `ppoll` on the device and the wake-up eventfd, for at most `timeout`.
-fn wait<D: Link>(
-    shared: &Shared,
-    device: &D,
-    timeout: Option<Duration>,
-    device_failed: &mut bool,
-) {
+fn wait<D: Link>(shared: &Shared, device: &D, timeout: Option<Duration>, device_failed: &mut bool) {
     if timeout == Some(Duration::ZERO) {
         return;
     }
@@ -130,7 +130,10 @@ fn wait<D: Link>(
         log::error!("driver: the device reports an error or hang-up; no longer waiting on it");
         *device_failed = true;
     }
-    if fds[1].revents().is_some_and(|r| r.contains(PollFlags::POLLIN)) {
+    if fds[1]
+        .revents()
+        .is_some_and(|r| r.contains(PollFlags::POLLIN))
+    {
         // Reset the counter; the pending flag was cleared at the top of the pass.
         let _ = shared.wake.read();
     }

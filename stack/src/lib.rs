@@ -30,7 +30,7 @@ use std::time::Instant;
 use netdev::{CounterSnapshot, Counters, Link};
 use nix::sys::eventfd::{EfdFlags, EventFd};
 use smoltcp::iface::{Config, Interface, SocketSet};
-use smoltcp::wire::{HardwareAddress, IpCidr, Ipv4Address};
+use smoltcp::wire::{HardwareAddress, IpCidr};
 
 pub use config::{Ipv4Net, Mac, StackConfig};
 pub use ping::Pinger;
@@ -111,7 +111,7 @@ impl Stack {
         if let Some(gateway) = config.gateway {
             iface
                 .routes_mut()
-                .add_default_ipv4_route(Ipv4Address::from(gateway))
+                .add_default_ipv4_route(gateway)
                 .map_err(|_| io::Error::other("the route table is full"))?;
         }
         let shared = Arc::new(Shared {
@@ -285,12 +285,17 @@ fn validate(config: &StackConfig) -> io::Result<()> {
         return invalid("a stack needs at least one address, such as 10.0.0.2/24".into());
     }
     if config.addrs.len() > 8 {
-        return invalid(format!("{} addresses given; at most 8 fit", config.addrs.len()));
+        return invalid(format!(
+            "{} addresses given; at most 8 fit",
+            config.addrs.len()
+        ));
     }
     if let Some(gw) = config.gateway
         && !config.addrs.iter().any(|net| net.contains(gw))
     {
-        return invalid(format!("gateway {gw} is not on any of the stack's networks"));
+        return invalid(format!(
+            "gateway {gw} is not on any of the stack's networks"
+        ));
     }
     Ok(())
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use smoltcp::iface::SocketHandle;
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::icmp;
-use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress, Ipv4Address};
+use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress};
 
 use crate::{Blocked, Stack};
 
@@ -76,7 +76,7 @@ impl Pinger {
             let mut core = shared.lock();
             let socket = core.sockets.get_mut::<icmp::Socket>(self.socket);
             let buf = socket
-                .send(request.buffer_len(), IpAddress::Ipv4(Ipv4Address::from(dst)))
+                .send(request.buffer_len(), IpAddress::Ipv4(dst))
                 .map_err(|e| io::Error::other(format!("ping {dst} seq {seq}: send: {e}")))?;
             request.emit(
                 &mut Icmpv4Packet::new_unchecked(buf),
@@ -87,7 +87,7 @@ impl Pinger {
         let result = shared.block_on(Some(deadline), |core, waker| {
             let socket = core.sockets.get_mut::<icmp::Socket>(self.socket);
             while let Ok((payload, from)) = socket.recv() {
-                if from == IpAddress::Ipv4(Ipv4Address::from(dst)) && is_reply(payload, ident, seq) {
+                if from == IpAddress::Ipv4(dst) && is_reply(payload, ident, seq) {
                     return Some(Ok(sent_at.elapsed()));
                 }
             }

@@ -99,10 +99,16 @@ mod tests {
             waker.wake();
         });
         let start = Instant::now();
-        assert_eq!(waiter.wait(Some(start + Duration::from_secs(5))), Woke::Notified);
+        assert_eq!(
+            waiter.wait(Some(start + Duration::from_secs(5))),
+            Woke::Notified
+        );
         t.join().unwrap();
         let start = Instant::now();
-        assert_eq!(waiter.wait(Some(start + Duration::from_millis(30))), Woke::TimedOut);
+        assert_eq!(
+            waiter.wait(Some(start + Duration::from_millis(30))),
+            Woke::TimedOut
+        );
         assert!(start.elapsed() >= Duration::from_millis(30));
     }
 }

@@ -21,7 +21,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use libtest_mimic::{Arguments, Failed, Trial};
+pub use libtest_mimic::Failed;
+use libtest_mimic::{Arguments, Trial};
 use nix::sched::{CloneFlags, unshare};
 use nix::unistd::geteuid;
 
@@ -76,7 +77,8 @@ pub fn in_netns<T: Send>(f: impl FnOnce() -> Result<T, Failed> + Send) -> Result
     thread::scope(|scope| {
         scope
             .spawn(|| {
-                unshare(CloneFlags::CLONE_NEWNET).map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
+                unshare(CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("unshare(CLONE_NEWNET): {e}"))?;
                 ip(&["link", "set", "lo", "up"])?;
                 f()
             })
@@ -91,7 +93,12 @@ pub fn ip(args: &[&str]) -> TestResult {
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr)).into())
+        Err(format!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into())
     }
 }
 

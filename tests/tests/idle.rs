@@ -7,7 +7,10 @@ use stack::{Stack, StackConfig};
 use tapnet_tests::{TestResult, check, eventually, plain};
 
 fn main() {
-    tapnet_tests::main(vec![plain("an_idle_stack_uses_no_measurable_cpu", idle_cpu)])
+    tapnet_tests::main(vec![plain(
+        "an_idle_stack_uses_no_measurable_cpu",
+        idle_cpu,
+    )])
 }
 
 fn config(addr: &str) -> StackConfig {
@@ -25,8 +28,18 @@ fn driver_ticks() -> Result<u64, String> {
         }
         let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
         // Fields after the ")" that ends the name: utime is the 12th, stime the 13th.
-        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("").split_whitespace().collect();
-        let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .unwrap_or("")
+            .split_whitespace()
+            .collect();
+        let tick = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
         total += tick(11) + tick(12);
     }
     Ok(total)
@@ -38,7 +51,9 @@ fn idle_cpu() -> TestResult {
     let alice = Stack::new(a, config("10.0.0.1/24"))?;
     let _bob = Stack::new(b, config("10.0.0.2/24"))?;
     // Some traffic first, so the drivers have timers and neighbours.
-    alice.pinger("10.0.0.2".parse()?)?.ping(Duration::from_secs(2))?;
+    alice
+        .pinger("10.0.0.2".parse()?)?
+        .ping(Duration::from_secs(2))?;
     eventually(Duration::from_secs(2), "driver threads to appear", || {
         driver_ticks().is_ok()
     })?;
@@ -46,6 +61,9 @@ fn idle_cpu() -> TestResult {
     std::thread::sleep(Duration::from_secs(1));
     let used = driver_ticks()? - before;
     // A tick is 10 ms; allow two for timer wake-ups and a slow, shared machine.
-    check!(used <= 2, "idle drivers used {used} ticks of CPU in one second");
+    check!(
+        used <= 2,
+        "idle drivers used {used} ticks of CPU in one second"
+    );
     Ok(())
 }

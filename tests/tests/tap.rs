@@ -12,14 +12,19 @@ use smoltcp::wire::{
 };
 use stack::{Stack, StackConfig};
 use tapnet_tests::{
-    STACK_ADDR, TempDir, TestResult, check, in_netns, ip, kernel_side_up, pcap_frames,
-    root, run,
+    STACK_ADDR, TempDir, TestResult, check, in_netns, ip, kernel_side_up, pcap_frames, root, run,
 };
 
 fn main() {
     tapnet_tests::main(vec![
-        root("kernel_ping_gets_replies_and_the_pcap_shows_them", ping_and_pcap),
-        root("kernel_connect_to_a_closed_port_is_refused", closed_port_refused),
+        root(
+            "kernel_ping_gets_replies_and_the_pcap_shows_them",
+            ping_and_pcap,
+        ),
+        root(
+            "kernel_connect_to_a_closed_port_is_refused",
+            closed_port_refused,
+        ),
         root("an_existing_tap_is_attached_and_its_mtu_read", existing_tap),
         root("the_mtu_option_overrides_the_interface", mtu_override),
     ])
@@ -43,10 +48,17 @@ fn ping_and_pcap() -> TestResult {
             Duration::from_secs(20),
         )?;
         let text = String::from_utf8_lossy(&out.stdout);
-        check!(out.status.success(), "ping failed: {text}{}", String::from_utf8_lossy(&out.stderr));
+        check!(
+            out.status.success(),
+            "ping failed: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         check!(text.contains("3 received"), "ping output: {text}");
         let counters = stack.counters();
-        check!(counters.rx_frames >= 4 && counters.tx_frames >= 4, "counters: {counters}");
+        check!(
+            counters.rx_frames >= 4 && counters.tx_frames >= 4,
+            "counters: {counters}"
+        );
         stack.stop();
         Ok(())
     })?;
@@ -56,11 +68,13 @@ fn ping_and_pcap() -> TestResult {
     for frame in pcap_frames(&pcap)? {
         let eth = EthernetFrame::new_checked(&frame[..]).map_err(|e| e.to_string())?;
         match eth.ethertype() {
-            EthernetProtocol::Arp => match ArpPacket::new_checked(eth.payload()).map(|a| a.operation()) {
-                Ok(ArpOperation::Request) => who_has += 1,
-                Ok(ArpOperation::Reply) => is_at += 1,
-                _ => {}
-            },
+            EthernetProtocol::Arp => {
+                match ArpPacket::new_checked(eth.payload()).map(|a| a.operation()) {
+                    Ok(ArpOperation::Request) => who_has += 1,
+                    Ok(ArpOperation::Reply) => is_at += 1,
+                    _ => {}
+                }
+            }
             EthernetProtocol::Ipv4 => {
                 let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|e| e.to_string())?;
                 if ip.next_header() == IpProtocol::Icmp {
@@ -74,20 +88,46 @@ fn ping_and_pcap() -> TestResult {
             _ => {}
         }
     }
-    check!(who_has >= 1 && is_at >= 1, "ARP in pcap: {who_has} requests, {is_at} replies");
-    check!(requests == 3 && replies == 3, "ICMP in pcap: {requests} requests, {replies} replies");
+    check!(
+        who_has >= 1 && is_at >= 1,
+        "ARP in pcap: {who_has} requests, {is_at} replies"
+    );
+    check!(
+        requests == 3 && replies == 3,
+        "ICMP in pcap: {requests} requests, {replies} replies"
+    );
 
     // tshark's reading.
     let out = run(
-        Command::new("tshark").args(["-r"]).arg(&pcap).args(["-T", "fields", "-e", "_ws.col.Protocol", "-e", "_ws.col.Info"]),
+        Command::new("tshark").args(["-r"]).arg(&pcap).args([
+            "-T",
+            "fields",
+            "-e",
+            "_ws.col.Protocol",
+            "-e",
+            "_ws.col.Info",
+        ]),
         Duration::from_secs(60),
     )?;
     let text = String::from_utf8_lossy(&out.stdout);
-    check!(out.status.success(), "tshark failed: {}", String::from_utf8_lossy(&out.stderr));
+    check!(
+        out.status.success(),
+        "tshark failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let arp = text.lines().filter(|l| l.starts_with("ARP")).count();
-    let echo_req = text.lines().filter(|l| l.starts_with("ICMP") && l.contains("Echo (ping) request")).count();
-    let echo_rep = text.lines().filter(|l| l.starts_with("ICMP") && l.contains("Echo (ping) reply")).count();
-    check!(arp >= 2 && echo_req == 3 && echo_rep == 3, "tshark read:\n{text}");
+    let echo_req = text
+        .lines()
+        .filter(|l| l.starts_with("ICMP") && l.contains("Echo (ping) request"))
+        .count();
+    let echo_rep = text
+        .lines()
+        .filter(|l| l.starts_with("ICMP") && l.contains("Echo (ping) reply"))
+        .count();
+    check!(
+        arp >= 2 && echo_req == 3 && echo_rep == 3,
+        "tshark read:\n{text}"
+    );
     Ok(())
 }
 
@@ -120,7 +160,11 @@ fn existing_tap() -> TestResult {
             Command::new("ping").args(["-c", "1", "-W", "2", &STACK_ADDR.to_string()]),
             Duration::from_secs(10),
         )?;
-        check!(out.status.success(), "ping through the attached TAP: {:?}", out);
+        check!(
+            out.status.success(),
+            "ping through the attached TAP: {:?}",
+            out
+        );
         // A second open of a TAP someone holds is refused with a clear message.
         let held = Tap::open("labtap", &TapOptions::default());
         check!(held.is_err(), "a second open of a busy TAP succeeded");
@@ -136,7 +180,8 @@ fn mtu_override() -> TestResult {
         drop(tap);
         let err = Tap::open("tap1", &TapOptions { mtu: Some(10) }).err();
         check!(
-            err.as_ref().is_some_and(|e| e.to_string().contains("out of range")),
+            err.as_ref()
+                .is_some_and(|e| e.to_string().contains("out of range")),
             "MTU 10 gave {err:?}"
         );
         Ok(())
