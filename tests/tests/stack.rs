@@ -20,6 +20,10 @@ fn main() {
             stop_fails_later_calls,
         ),
         plain("bad_configs_are_refused_with_reasons", bad_configs),
+        plain(
+            "a_gateway_and_a_second_address_route_pings",
+            gateway_and_second_address,
+        ),
     ])
 }
 
@@ -134,5 +138,34 @@ fn bad_configs() -> TestResult {
             Ok(_) => return Err(format!("a config that should fail ({why}) was accepted").into()),
         }
     }
+    Ok(())
+}
+
+/// A second address and a default gateway: alice reaches 10.0.1.1, outside her prefix,
+/// through bob at 10.0.0.254, who also owns 10.0.1.1.
+fn gateway_and_second_address() -> TestResult {
+    let (a, b) = wire(&WireOptions::default())?;
+    let alice = Stack::new(a, config("10.0.0.1/24").with_gateway("10.0.0.254".parse()?))?;
+    let bob = Stack::new(b, config("10.0.0.254/24").with_addr("10.0.1.1/24".parse()?))?;
+    alice
+        .pinger("10.0.1.1".parse()?)?
+        .ping(Duration::from_secs(2))?;
+    alice
+        .pinger("10.0.0.254".parse()?)?
+        .ping(Duration::from_secs(2))?;
+    // Without the gateway, 10.0.1.1 is unreachable.
+    let (c, d) = wire(&WireOptions::default())?;
+    let carol = Stack::new(c, config("10.0.0.1/24"))?;
+    let _dave = Stack::new(d, config("10.0.0.254/24").with_addr("10.0.1.1/24".parse()?))?;
+    let err = carol
+        .pinger("10.0.1.1".parse()?)?
+        .ping(Duration::from_millis(300))
+        .err();
+    check!(err.is_some(), "10.0.1.1 answered without a route");
+    check!(
+        bob.config().addrs.len() == 2,
+        "bob's addresses: {:?}",
+        bob.config().addrs
+    );
     Ok(())
 }
