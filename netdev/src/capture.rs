@@ -173,6 +173,10 @@ impl<D: Link, S: FrameSink> Link for Capture<D, S> {
     fn counters(&self) -> &Arc<Counters> {
         self.inner.counters()
     }
+
+    fn is_broken(&self) -> bool {
+        self.inner.is_broken()
+    }
 }
 
 /// A received frame, shown to the sink as it is consumed.

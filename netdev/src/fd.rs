@@ -37,6 +37,7 @@ pub struct FdDevice<T> {
     rx_buf: Vec<u8>,
     tx_buf: Vec<u8>,
     counters: Arc<Counters>,
+    broken: bool,
 }
 
 impl<T: FrameIo> FdDevice<T> {
@@ -47,6 +48,7 @@ impl<T: FrameIo> FdDevice<T> {
             rx_buf: vec![0; RX_BUFFER_LEN],
             tx_buf: vec![0; mtu + ETHERNET_HEADER_LEN],
             counters: Arc::new(Counters::default()),
+            broken: false,
         }
     }
 
@@ -76,6 +78,9 @@ impl<T: FrameIo> Device for FdDevice<T> {
         T: 'a;
 
     fn receive(&mut self, _timestamp: Instant) -> Option<(RxToken<'_>, TxToken<'_, T>)> {
+        if self.broken {
+            return None;
+        }
         let max = self.mtu + ETHERNET_HEADER_LEN;
         loop {
             match self.io.recv_frame(&mut self.rx_buf) {
@@ -101,6 +106,10 @@ impl<T: FrameIo> Device for FdDevice<T> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
                     note_error(&self.counters, "device read", &e);
+                    if is_permanent(&e) && !self.broken {
+                        log::error!("device read: {e}: the device is gone; no longer reading it");
+                        self.broken = true;
+                    }
                     return None;
                 }
             }
@@ -131,6 +140,18 @@ impl<T: FrameIo> Link for FdDevice<T> {
     fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }
+
+    fn is_broken(&self) -> bool {
+        self.broken
+    }
+}
+
+/// Read errors that no retry can cure: the descriptor's device no longer exists.
+fn is_permanent(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EBADFD | libc::EBADF | libc::ENXIO | libc::ENODEV)
+    )
 }
 
 /// A received frame, borrowed from the device's receive buffer.

@@ -492,6 +492,10 @@ impl<D: Link> Link for Impair<D> {
     fn counters(&self) -> &Arc<Counters> {
         self.inner.counters()
     }
+
+    fn is_broken(&self) -> bool {
+        self.inner.is_broken()
+    }
 }
 
 /// The receive token of an [`Impair`]: the inner device's own token when ingress is not

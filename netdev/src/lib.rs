@@ -79,6 +79,13 @@ pub trait Link: Device + Send {
 
     /// The base device's counters. Wrapping devices return their inner device's.
     fn counters(&self) -> &Arc<Counters>;
+
+    /// Whether the descriptor has failed for good (its TAP was deleted, say): it then
+    /// polls readable but every read fails, so the driver stops waiting on it rather
+    /// than spin, and keeps serving timers and calls.
+    fn is_broken(&self) -> bool {
+        false
+    }
 }
 
 /// Frame and byte counters of a base device, shared with whoever wants to read them.

@@ -41,7 +41,6 @@ pub(crate) fn now(epoch: Instant) -> smoltcp::time::Instant {
 pub(crate) fn run<D: Link>(shared: Arc<Shared>, mut device: D) {
     // However the loop ends, even by a panic, blocked calls must learn of it.
     let _exit = ExitGuard(&shared);
-    let mut device_failed = false;
     while !shared.stopped.load(Ordering::Acquire) {
         // A wake-up that arrives from here on asks for another pass.
         shared.wake_pending.store(false, Ordering::Release);
@@ -88,7 +87,7 @@ pub(crate) fn run<D: Link>(shared: Arc<Shared>, mut device: D) {
         } else {
             deadline.map(|at| until(at, shared.epoch))
         };
-        wait(&shared, &device, timeout, &mut device_failed);
+        wait(&shared, &device, timeout);
     }
     log::debug!("driver stopped");
 }
@@ -105,32 +104,23 @@ fn until(at: smoltcp::time::Instant, epoch: Instant) -> Duration {
 }
 
 /// Sleeps in `ppoll` on the device and the wake-up eventfd, for at most `timeout`.
-fn wait<D: Link>(shared: &Shared, device: &D, timeout: Option<Duration>, device_failed: &mut bool) {
+fn wait<D: Link>(shared: &Shared, device: &D, timeout: Option<Duration>) {
     if timeout == Some(Duration::ZERO) {
         return;
     }
-    // A device that reported an error condition (a TAP deleted under us) stays readable
-    // forever; leave it out of the wait rather than spin, and keep serving timers.
-    let device_events = if *device_failed {
-        PollFlags::empty()
-    } else {
-        PollFlags::POLLIN
-    };
     let mut fds = [
-        PollFd::new(device.as_fd(), device_events),
         PollFd::new(shared.wake.as_fd(), PollFlags::POLLIN),
+        PollFd::new(device.as_fd(), PollFlags::POLLIN),
     ];
+    // A broken device (a TAP deleted under us) reports an error to every poll, asked or
+    // not; leave it out of the wait rather than spin, and keep serving timers and calls.
+    let watched = if device.is_broken() { 1 } else { 2 };
     let timespec = timeout.map(TimeSpec::from_duration);
-    match ppoll(&mut fds, timespec, None) {
+    match ppoll(&mut fds[..watched], timespec, None) {
         Ok(_) | Err(Errno::EINTR) => {}
         Err(e) => log::error!("driver: ppoll: {e}"),
     }
-    let failed = PollFlags::POLLERR | PollFlags::POLLHUP | PollFlags::POLLNVAL;
-    if fds[0].revents().is_some_and(|r| r.intersects(failed)) && !*device_failed {
-        log::error!("driver: the device reports an error or hang-up; no longer waiting on it");
-        *device_failed = true;
-    }
-    if fds[1]
+    if fds[0]
         .revents()
         .is_some_and(|r| r.contains(PollFlags::POLLIN))
     {

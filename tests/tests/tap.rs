@@ -12,7 +12,8 @@ use smoltcp::wire::{
 };
 use stack::{Stack, StackConfig};
 use tapnet_tests::{
-    STACK_ADDR, TempDir, TestResult, check, in_netns, ip, kernel_side_up, pcap_frames, root, run,
+    KERNEL_ADDR, STACK_ADDR, TempDir, TestResult, check, in_netns, ip, kernel_side_up, pcap_frames,
+    root, run,
 };
 
 fn main() {
@@ -27,6 +28,10 @@ fn main() {
         ),
         root("an_existing_tap_is_attached_and_its_mtu_read", existing_tap),
         root("the_mtu_option_overrides_the_interface", mtu_override),
+        root(
+            "a_tap_deleted_under_a_running_stack_does_no_harm",
+            tap_deleted_underneath,
+        ),
     ])
 }
 
@@ -183,6 +188,41 @@ fn mtu_override() -> TestResult {
             err.as_ref()
                 .is_some_and(|e| e.to_string().contains("out of range")),
             "MTU 10 gave {err:?}"
+        );
+        Ok(())
+    })
+}
+
+/// The TAP is deleted under a running stack: no panic, no spin, and stop still works.
+fn tap_deleted_underneath() -> TestResult {
+    in_netns(|| {
+        let tap = Tap::open("tap0", &TapOptions::default())?;
+        kernel_side_up("tap0")?;
+        let stack = Stack::new(tap, stack_config())?;
+        ip(&["link", "del", "tap0"])?;
+        // The stack keeps running (a lab may recreate the link) and keeps answering calls.
+        std::thread::sleep(Duration::from_millis(200));
+        check!(
+            stack.is_running(),
+            "the driver died when its TAP was deleted"
+        );
+        let err = stack
+            .pinger(KERNEL_ADDR)?
+            .ping(Duration::from_millis(200))
+            .err();
+        check!(err.is_some(), "a ping over a deleted TAP succeeded");
+        // A driver that kept reading the dead descriptor would count thousands of errors.
+        let errors = stack.counters().errors;
+        check!(
+            errors < 10,
+            "{errors} device errors: the driver spins on the dead TAP"
+        );
+        let start = std::time::Instant::now();
+        stack.stop();
+        check!(
+            start.elapsed() < Duration::from_secs(1),
+            "stop took {:?}",
+            start.elapsed()
         );
         Ok(())
     })
