@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
 use netdev::{Direction, FrameLog, FrameSink, WireOptions, describe, wire};
-use stack::{Mac, Stack, StackConfig};
+use stack::{Ipv4Net, Mac, Stack, StackConfig};
 
 use crate::device::DeviceArgs;
 
@@ -66,17 +66,8 @@ fn ping(args: DemoArgs) -> io::Result<ExitCode> {
         ..dev.stack_config("10.0.0.2/24")
     };
     let bob_net = bob_config.addrs[0];
-    let alice_addr = if bob_net.addr == std::net::Ipv4Addr::new(10, 0, 0, 1) {
-        "10.0.0.2"
-    } else {
-        "10.0.0.1"
-    };
     let alice_config = StackConfig::new()
-        .with_addr(
-            format!("{alice_addr}/{}", bob_net.prefix)
-                .parse()
-                .map_err(io::Error::other)?,
-        )
+        .with_addr(neighbour(bob_net)?)
         .with_mac(Mac([0x02, 0, 0, 0, 0, 0x01]));
 
     let start = Instant::now();
@@ -85,7 +76,7 @@ fn ping(args: DemoArgs) -> io::Result<ExitCode> {
             Direction::Out => ("alice", "bob  "),
             Direction::In => ("bob  ", "alice"),
         };
-        println!(
+        say!(
             "{:>9.3} ms  {from} -> {to}  {}",
             start.elapsed().as_secs_f64() * 1e3,
             describe(frame)
@@ -94,7 +85,7 @@ fn ping(args: DemoArgs) -> io::Result<ExitCode> {
     let alice = Stack::new(dev.wrap(alice_end, Some(printer))?, alice_config)?;
     let bob = Stack::new(bob_end, bob_config)?;
     let target = bob_net.addr;
-    println!(
+    say!(
         "alice {} ({}) pings bob {} ({}) over an in-memory wire\n",
         alice.config().addrs[0],
         alice.mac(),
@@ -110,7 +101,7 @@ fn ping(args: DemoArgs) -> io::Result<ExitCode> {
         }
         match pinger.ping(args.timeout) {
             Ok(rtt) => {
-                println!(
+                say!(
                     "{:>9.3} ms  reply from {target}: seq={} time={:.3} ms",
                     start.elapsed().as_secs_f64() * 1e3,
                     pinger.seq(),
@@ -118,7 +109,7 @@ fn ping(args: DemoArgs) -> io::Result<ExitCode> {
                 );
                 rtts.push(rtt);
             }
-            Err(e) => println!("{:>9.3} ms  {e}", start.elapsed().as_secs_f64() * 1e3),
+            Err(e) => say!("{:>9.3} ms  {e}", start.elapsed().as_secs_f64() * 1e3),
         }
     }
     drop(pinger);
@@ -126,24 +117,45 @@ fn ping(args: DemoArgs) -> io::Result<ExitCode> {
     bob.stop();
 
     let sent = usize::from(args.count);
-    println!(
+    say!(
         "\n--- {target} ping statistics ---\n{sent} sent, {} received, {:.0}% loss",
         rtts.len(),
         100.0 * (sent - rtts.len()) as f64 / sent as f64
     );
     if let (Some(min), Some(max)) = (rtts.iter().min(), rtts.iter().max()) {
         let avg = rtts.iter().sum::<Duration>() / rtts.len() as u32;
-        println!(
+        say!(
             "rtt min/avg/max = {:.3}/{:.3}/{:.3} ms",
             min.as_secs_f64() * 1e3,
             avg.as_secs_f64() * 1e3,
             max.as_secs_f64() * 1e3
         );
     }
-    println!("alice's link: {}", alice.counters());
+    say!("alice's link: {}", alice.counters());
     Ok(if rtts.is_empty() {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// Alice's address: the first host of Bob's network that is not Bob.
+fn neighbour(bob: Ipv4Net) -> io::Result<Ipv4Net> {
+    if bob.prefix > 30 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{bob}: the demo needs a network with room for two hosts (prefix 30 or less)"),
+        ));
+    }
+    let mask = u32::MAX << (32 - u32::from(bob.prefix));
+    let first = (u32::from(bob.addr) & mask) + 1;
+    let addr = if first == u32::from(bob.addr) {
+        first + 1
+    } else {
+        first
+    };
+    Ok(Ipv4Net {
+        addr: addr.into(),
+        prefix: bob.prefix,
     })
 }

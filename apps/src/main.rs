@@ -3,10 +3,17 @@
 //! One binary with subcommands. Each subcommand is a module here; the device options they
 //! all share live in [`device`].
 
+/// `println!` that ends the program quietly when stdout has gone away
+/// (`tapnet demo | head`), where `println!` would panic.
+macro_rules! say {
+    ($($arg:tt)*) => { $crate::say(format_args!($($arg)*)) };
+}
+
 mod demo;
 mod device;
 mod up;
 
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -44,6 +51,14 @@ fn main() -> ExitCode {
             eprintln!("tapnet: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Writes one line to stdout; exits with status 0 if stdout is closed.
+pub fn say(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{args}").and_then(|()| out.flush()).is_err() {
+        std::process::exit(0);
     }
 }
 

@@ -44,7 +44,7 @@ pub fn run(args: UpArgs) -> io::Result<ExitCode> {
     let stack = Stack::new(dev.wrap(tap, None)?, dev.stack_config(DEFAULT_ADDR))
         .map_err(|e| io::Error::new(e.kind(), format!("{name}: {e}")))?;
     let addrs: Vec<String> = stack.config().addrs.iter().map(|a| a.to_string()).collect();
-    println!(
+    say!(
         "tapnet up on {name}: {} mac {} mtu {mtu}; SIGINT or SIGTERM stops it",
         addrs.join(" "),
         stack.mac()
@@ -52,7 +52,7 @@ pub fn run(args: UpArgs) -> io::Result<ExitCode> {
     let signal = signals.forever().next();
     // Stopping joins the driver, which drops the device and so completes the pcap file.
     stack.stop();
-    println!(
+    say!(
         "tapnet down on {name} ({}): {}",
         signal.map_or("end of signals".into(), signal_name),
         stack.counters()

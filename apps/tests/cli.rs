@@ -17,6 +17,8 @@ fn main() {
         plain("demo_shows_arp_and_echo_frames_and_round_trips", demo),
         plain("demo_with_loss_is_the_same_for_the_same_seed", demo_seeded),
         plain("every_help_text_runs", help),
+        plain("demo_into_a_closed_pipe_exits_quietly", closed_pipe),
+        plain("demo_takes_its_network_from_addr", demo_addr),
         plain("bad_flags_and_values_exit_2_with_a_message", bad_flags),
         root(
             "up_answers_kernel_ping_and_exits_0_on_sigterm_and_sigint",
@@ -235,4 +237,39 @@ fn up_busy_tap() -> TestResult {
         );
         Ok(())
     })
+}
+
+/// `tapnet demo | head -1`: stdout closes under the demo, which must not panic.
+fn closed_pipe() -> TestResult {
+    use std::io::{BufRead, BufReader};
+    let mut child = Command::new(TAPNET)
+        .args(["demo", "-c", "3", "-i", "50ms"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let mut first = String::new();
+    BufReader::new(stdout).read_line(&mut first)?;
+    // The reader is dropped here, closing the pipe.
+    let out = wait_bounded(child, Duration::from_secs(10))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    check!(first.starts_with("alice "), "first line: {first:?}");
+    check!(out.status.code() == Some(0), "exit {:?}: {err}", out.status);
+    check!(!err.contains("panicked"), "panicked: {err}");
+    Ok(())
+}
+
+fn demo_addr() -> TestResult {
+    let (code, out, err) = tapnet(&["demo", "-c", "1", "--addr", "172.16.5.1/24"])?;
+    check!(code == 0, "exit {code}: {err}");
+    check!(
+        out.contains("ARP who-has 172.16.5.1 tell 172.16.5.2"),
+        "{out}"
+    );
+    let (code, _, err) = tapnet(&["demo", "--addr", "10.9.9.9/31"])?;
+    check!(
+        code == 1 && err.contains("room for two hosts"),
+        "exit {code}: {err}"
+    );
+    Ok(())
 }
