@@ -146,16 +146,13 @@ fn up_on_tap() -> TestResult {
         let pcap = dir.join("up.pcap");
         in_netns(|| {
             let pcap_arg = pcap.to_string_lossy().into_owned();
+            // The SIGINT run relies on the defaults --help promises: tap0, 10.0.0.2/24.
+            let mut args = vec!["up", "--pcap", &pcap_arg];
+            if signal == Signal::SIGTERM {
+                args.extend(["--tap", "tap0", "--addr", "10.0.0.2/24"]);
+            }
             let child = Command::new(TAPNET)
-                .args([
-                    "up",
-                    "--tap",
-                    "tap0",
-                    "--addr",
-                    "10.0.0.2/24",
-                    "--pcap",
-                    &pcap_arg,
-                ])
+                .args(&args)
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()?;

@@ -147,25 +147,19 @@ fn tcp(f: &mut fmt::Formatter<'_>, src: Ipv4Address, dst: Ipv4Address, body: &[u
     let Ok(p) = TcpPacket::new_checked(body) else {
         return write!(f, "malformed TCP {src} > {dst}");
     };
-    let mut flags = String::with_capacity(5);
-    for (set, c) in [
-        (p.syn(), 'S'),
-        (p.fin(), 'F'),
-        (p.rst(), 'R'),
-        (p.psh(), 'P'),
-        (p.ack(), '.'),
+    write!(f, "TCP {src}:{} > {dst}:{} [", p.src_port(), p.dst_port())?;
+    for (set, flag) in [
+        (p.syn(), "S"),
+        (p.fin(), "F"),
+        (p.rst(), "R"),
+        (p.psh(), "P"),
+        (p.ack(), "."),
     ] {
         if set {
-            flags.push(c);
+            f.write_str(flag)?;
         }
     }
-    write!(
-        f,
-        "TCP {src}:{} > {dst}:{} [{flags}] seq {}",
-        p.src_port(),
-        p.dst_port(),
-        p.seq_number().0 as u32
-    )?;
+    write!(f, "] seq {}", p.seq_number().0 as u32)?;
     if p.ack() {
         write!(f, " ack {}", p.ack_number().0 as u32)?;
     }
@@ -175,6 +169,54 @@ fn tcp(f: &mut fmt::Formatter<'_>, src: Ipv4Address, dst: Ipv4Address, body: &[u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tcp_syn_reads_like_tcpdump() {
+        use smoltcp::phy::ChecksumCapabilities;
+        use smoltcp::wire::{
+            EthernetAddress, IpAddress, Ipv4Repr, TcpControl, TcpRepr, TcpSeqNumber,
+        };
+        let (src, dst) = (Ipv4Address::new(10, 0, 0, 1), Ipv4Address::new(10, 0, 0, 2));
+        let tcp = TcpRepr {
+            src_port: 40000,
+            dst_port: 9,
+            control: TcpControl::Syn,
+            seq_number: TcpSeqNumber(1000),
+            ack_number: None,
+            window_len: 64240,
+            window_scale: None,
+            max_seg_size: Some(1460),
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &[],
+        };
+        let ip = Ipv4Repr {
+            src_addr: src,
+            dst_addr: dst,
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let mut buf = vec![0u8; 14 + ip.buffer_len() + tcp.buffer_len()];
+        let mut eth = EthernetFrame::new_unchecked(&mut buf[..]);
+        eth.set_src_addr(EthernetAddress([2, 0, 0, 0, 0, 1]));
+        eth.set_dst_addr(EthernetAddress([2, 0, 0, 0, 0, 2]));
+        eth.set_ethertype(EthernetProtocol::Ipv4);
+        let caps = ChecksumCapabilities::default();
+        let mut packet = Ipv4Packet::new_unchecked(eth.payload_mut());
+        ip.emit(&mut packet, &caps);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(packet.payload_mut()),
+            &IpAddress::Ipv4(src),
+            &IpAddress::Ipv4(dst),
+            &caps,
+        );
+        assert_eq!(
+            describe(&buf).to_string(),
+            "TCP 10.0.0.1:40000 > 10.0.0.2:9 [S] seq 1000 win 64240 len 0"
+        );
+    }
 
     #[test]
     fn hostile_frames_are_described_not_panicked_on() {

@@ -234,14 +234,15 @@ impl Shared {
     /// Runs `attempt` under the lock until it returns `Some`, sleeping in between until
     /// the driver wakes the waker that `attempt` registered, `deadline` passes, or the
     /// stack stops. `attempt` must register the waker with every socket whose change
-    /// could let it finish.
+    /// could let it finish. It does not wake the driver: a caller that changed socket
+    /// state (queued data, freed buffer space) calls [`Shared::wake`] itself.
     pub(crate) fn block_on<T>(
         &self,
         deadline: Option<Instant>,
         mut attempt: impl FnMut(&mut Core, &Waker) -> Option<io::Result<T>>,
     ) -> Result<T, Blocked> {
         let waiter = Waiter::new();
-        let mut id = None;
+        let mut key = None;
         let result = loop {
             let mut core = self.lock();
             if self.is_stopped() {
@@ -250,19 +251,20 @@ impl Shared {
             if let Some(result) = attempt(&mut core, waiter.waker()) {
                 break result.map_err(Blocked::Failed);
             }
-            let key = *id.get_or_insert_with(|| {
+            if key.is_none() {
+                // Known to the driver's exit, which wakes every blocked call.
                 core.next_blocked += 1;
-                core.next_blocked
-            });
-            core.blocked.insert(key, waiter.waker().clone());
+                let id = core.next_blocked;
+                core.blocked.insert(id, waiter.waker().clone());
+                key = Some(id);
+            }
             drop(core);
-            self.wake();
             if waiter.wait(deadline) == Woke::TimedOut {
                 break Err(Blocked::TimedOut);
             }
         };
-        if let Some(key) = id {
-            self.lock().blocked.remove(&key);
+        if let Some(id) = key {
+            self.lock().blocked.remove(&id);
         }
         result
     }

@@ -161,7 +161,7 @@ impl TempDir {
         let path = std::env::temp_dir().join(format!(
             "tapnet-{tag}-{}-{}",
             std::process::id(),
-            fastrand_suffix()
+            unique_suffix()
         ));
         std::fs::create_dir_all(&path)?;
         Ok(TempDir(path))
@@ -179,7 +179,7 @@ impl Drop for TempDir {
     }
 }
 
-fn fastrand_suffix() -> u64 {
+fn unique_suffix() -> u64 {
     use std::hash::{BuildHasher, RandomState};
     RandomState::new().hash_one(Instant::now())
 }
