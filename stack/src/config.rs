@@ -3,8 +3,11 @@
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
+use std::time::Duration;
 
 use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
+
+use crate::KeepAlive;
 
 /// How a [`crate::Stack`] presents itself on its link.
 ///
@@ -17,7 +20,7 @@ use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 /// assert_eq!(config.addrs.len(), 1);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackConfig {
     /// The Ethernet address. `None` picks a random, locally administered one.
     pub mac: Option<Mac>,
@@ -26,12 +29,56 @@ pub struct StackConfig {
     pub addrs: Vec<Ipv4Net>,
     /// Where packets for addresses outside every prefix go.
     pub gateway: Option<Ipv4Addr>,
+    /// Each TCP connection's receive buffer, which is the largest window it advertises
+    /// (with window scaling beyond 64 KiB). Dialers and listeners may override it.
+    pub read_buffer: usize,
+    /// Each TCP connection's send buffer.
+    pub write_buffer: usize,
+    /// Keepalive for new connections (Go's default: on, 15 s / 15 s / 9).
+    pub keepalive: Option<KeepAlive>,
+    /// How long a connection may sit in CLOSE-WAIT (the peer closed, the application
+    /// has not) before the stack logs a warning naming it.
+    pub close_wait_warning: Duration,
+}
+
+impl Default for StackConfig {
+    fn default() -> Self {
+        StackConfig {
+            mac: None,
+            addrs: Vec::new(),
+            gateway: None,
+            read_buffer: 256 << 10,
+            write_buffer: 256 << 10,
+            keepalive: Some(KeepAlive::new()),
+            close_wait_warning: Duration::from_secs(30),
+        }
+    }
 }
 
 impl StackConfig {
-    /// A config with a random MAC, no addresses and no gateway.
+    /// A config with a random MAC, no addresses, no gateway, and the TCP defaults:
+    /// 256 KiB buffers, Go's keepalive, a CLOSE-WAIT warning after 30 s.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets the default receive and send buffer sizes of TCP connections.
+    pub fn with_buffers(mut self, read: usize, write: usize) -> Self {
+        self.read_buffer = read;
+        self.write_buffer = write;
+        self
+    }
+
+    /// Sets the default keepalive of TCP connections.
+    pub fn with_keepalive(mut self, keepalive: Option<KeepAlive>) -> Self {
+        self.keepalive = keepalive;
+        self
+    }
+
+    /// Sets how long CLOSE-WAIT may last before the stack warns.
+    pub fn with_close_wait_warning(mut self, after: Duration) -> Self {
+        self.close_wait_warning = after;
+        self
     }
 
     /// Adds an address.

@@ -28,6 +28,7 @@ use nix::sys::time::TimeSpec;
 use smoltcp::iface::{PollIngressSingleResult, PollResult};
 
 use crate::Shared;
+use crate::watch::Watched;
 
 /// Frames taken in per pass before egress gets a turn.
 const INGRESS_BATCH: usize = 256;
@@ -50,28 +51,58 @@ pub(crate) fn run<D: Link>(shared: Arc<Shared>, mut device: D) {
         let (iface_at, more_frames) = {
             let mut core = shared.lock();
             let core = &mut *core;
+            let wall = Instant::now();
             core.iface.poll_maintenance(now);
+            core.tcp.before_ingress(&mut core.sockets);
 
-            // 2. Drain ready frames.
+            // 2. Drain ready frames, each seen by the TCP watch on its way in.
             let mut taken = 0;
-            while taken < INGRESS_BATCH
-                && core
+            while taken < INGRESS_BATCH {
+                let mut watched = Watched {
+                    device: &mut device,
+                    watch: &core.tcp.watch,
+                    now: wall,
+                };
+                if core
                     .iface
-                    .poll_ingress_single(now, &mut device, &mut core.sockets)
-                    != PollIngressSingleResult::None
-            {
+                    .poll_ingress_single(now, &mut watched, &mut core.sockets)
+                    == PollIngressSingleResult::None
+                {
+                    break;
+                }
                 taken += 1;
+                // A SYN or handshake ACK reached a listener: re-arm it before the next
+                // frame, so a listening port never resets a SYN it has room for.
+                if std::mem::take(&mut core.tcp.watch.get_mut().rearm) {
+                    core.tcp.rearm(&mut core.sockets, wall);
+                }
             }
 
             // 3. Poll: transmit until no socket has more to send.
-            while core.iface.poll_egress(now, &mut device, &mut core.sockets)
+            core.tcp.before_egress(&mut core.sockets, wall);
+            let mut watched = Watched {
+                device: &mut device,
+                watch: &core.tcp.watch,
+                now: wall,
+            };
+            while core.iface.poll_egress(now, &mut watched, &mut core.sockets)
                 == PollResult::SocketStateChanged
             {}
+            if std::mem::take(&mut core.tcp.watch.get_mut().rearm) {
+                core.tcp.rearm(&mut core.sockets, wall);
+            }
+            let tcp_at = core.tcp.after_poll(&mut core.sockets, Instant::now());
 
-            (
-                core.iface.poll_at(now, &core.sockets),
-                taken == INGRESS_BATCH,
-            )
+            let iface_at = core.iface.poll_at(now, &core.sockets);
+            let tcp_at = tcp_at.map(|at| {
+                let ahead = at.saturating_duration_since(wall);
+                now + smoltcp::time::Duration::from_micros(ahead.as_micros() as u64)
+            });
+            let at = match (iface_at, tcp_at) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            (at, taken == INGRESS_BATCH)
         };
 
         // 4. Flush.

@@ -14,9 +14,15 @@
 //! device.
 
 mod config;
+mod conn;
 mod driver;
+mod error;
+pub mod kernel;
 mod ping;
+mod table;
+mod tcp;
 mod wait;
+mod watch;
 
 use std::collections::HashMap;
 use std::io;
@@ -33,9 +39,13 @@ use smoltcp::iface::{Config, Interface, SocketSet};
 use smoltcp::wire::{HardwareAddress, IpCidr};
 
 pub use config::{Ipv4Net, Mac, StackConfig};
+pub use conn::{Conn, DEFAULT_BACKLOG, Listener, Network};
+pub use error::OpError;
 pub use ping::Pinger;
+pub use tcp::{Dialer, Incoming, KeepAlive, ListenConfig, State, TcpInfo, TcpListener, TcpStream};
 
-use wait::{Waiter, Woke};
+use table::Tcp;
+use wait::Waiter;
 
 /// A handle to a running stack. Clones share the stack; the last one dropped stops it.
 ///
@@ -86,6 +96,7 @@ pub(crate) struct Core {
     pub(crate) sockets: SocketSet<'static>,
     blocked: HashMap<u64, Waker>,
     next_blocked: u64,
+    pub(crate) tcp: Tcp,
 }
 
 impl Stack {
@@ -120,6 +131,7 @@ impl Stack {
                 sockets: SocketSet::new(Vec::new()),
                 blocked: HashMap::new(),
                 next_blocked: 0,
+                tcp: Tcp::new(config.close_wait_warning),
             }),
             wake: EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?,
             wake_pending: AtomicBool::new(false),
@@ -231,15 +243,16 @@ impl Shared {
         self.stopped.load(Ordering::Acquire)
     }
 
-    /// Runs `attempt` under the lock until it returns `Some`, sleeping in between until
-    /// the driver wakes the waker that `attempt` registered, `deadline` passes, or the
-    /// stack stops. `attempt` must register the waker with every socket whose change
-    /// could let it finish. It does not wake the driver: a caller that changed socket
-    /// state (queued data, freed buffer space) calls [`Shared::wake`] itself.
+    /// Runs `attempt` under the lock until it is [`Step::Done`], sleeping in between
+    /// until the driver (or another handle) wakes the waker that `attempt` registered,
+    /// the instant in [`Step::Wait`] passes, or the stack stops. `attempt` checks its own
+    /// deadline each time, so a deadline moved while the call sleeps counts at once: the
+    /// mover wakes the call. `attempt` must register the waker with everything whose
+    /// change could let it finish. It does not wake the driver: a caller that changed
+    /// socket state (queued data, freed buffer space) calls [`Shared::wake`] itself.
     pub(crate) fn block_on<T>(
         &self,
-        deadline: Option<Instant>,
-        mut attempt: impl FnMut(&mut Core, &Waker) -> Option<io::Result<T>>,
+        mut attempt: impl FnMut(&mut Core, &Waker) -> Step<T>,
     ) -> Result<T, Blocked> {
         let waiter = Waiter::new();
         let mut key = None;
@@ -248,9 +261,10 @@ impl Shared {
             if self.is_stopped() {
                 break Err(Blocked::Stopped);
             }
-            if let Some(result) = attempt(&mut core, waiter.waker()) {
-                break result.map_err(Blocked::Failed);
-            }
+            let until = match attempt(&mut core, waiter.waker()) {
+                Step::Done(result) => break result.map_err(Blocked::Failed),
+                Step::Wait(until) => until,
+            };
             if key.is_none() {
                 // Known to the driver's exit, which wakes every blocked call.
                 core.next_blocked += 1;
@@ -259,9 +273,8 @@ impl Shared {
                 key = Some(id);
             }
             drop(core);
-            if waiter.wait(deadline) == Woke::TimedOut {
-                break Err(Blocked::TimedOut);
-            }
+            // Woken or timed out, the attempt decides what it means.
+            waiter.wait(until);
         };
         if let Some(id) = key {
             self.lock().blocked.remove(&id);
@@ -270,13 +283,19 @@ impl Shared {
     }
 }
 
+/// What one attempt of a blocking call came to.
+pub(crate) enum Step<T> {
+    /// Finished, well or badly.
+    Done(io::Result<T>),
+    /// Would block: sleep until woken, or until this instant if there is one.
+    Wait(Option<Instant>),
+}
+
 /// Why [`Shared::block_on`] gave up.
 #[derive(Debug)]
 pub(crate) enum Blocked {
     /// The attempt itself failed.
     Failed(io::Error),
-    /// The deadline passed.
-    TimedOut,
     /// The stack stopped.
     Stopped,
 }
@@ -298,6 +317,18 @@ fn validate(config: &StackConfig) -> io::Result<()> {
         return invalid(format!(
             "gateway {gw} is not on any of the stack's networks"
         ));
+    }
+    for (what, size) in [("read", config.read_buffer), ("write", config.write_buffer)] {
+        if !(tcp::MIN_BUFFER..=tcp::MAX_BUFFER).contains(&size) {
+            return invalid(format!(
+                "{what} buffer of {size} bytes is outside {}..={}",
+                tcp::MIN_BUFFER,
+                tcp::MAX_BUFFER
+            ));
+        }
+    }
+    if let Some(ka) = config.keepalive {
+        ka.validate()?;
     }
     Ok(())
 }

@@ -9,7 +9,7 @@ use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::socket::icmp;
 use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress};
 
-use crate::{Blocked, Stack};
+use crate::{Blocked, Stack, Step};
 
 /// Bytes of payload in each echo request, as the kernel's `ping` sends by default.
 const PAYLOAD: [u8; 56] = *b"tapnet ping: the quick brown fox jumps over the lazy dog";
@@ -84,22 +84,24 @@ impl Pinger {
             );
         }
         shared.wake();
-        let result = shared.block_on(Some(deadline), |core, waker| {
+        let result = shared.block_on(|core, waker| {
             let socket = core.sockets.get_mut::<icmp::Socket>(self.socket);
             while let Ok((payload, from)) = socket.recv() {
                 if from == IpAddress::Ipv4(dst) && is_reply(payload, ident, seq) {
-                    return Some(Ok(sent_at.elapsed()));
+                    return Step::Done(Ok(sent_at.elapsed()));
                 }
             }
+            if Instant::now() >= deadline {
+                return Step::Done(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("ping {dst} seq {seq}: no reply within {timeout:?}"),
+                )));
+            }
             socket.register_recv_waker(waker);
-            None
+            Step::Wait(Some(deadline))
         });
         result.map_err(|why| match why {
             Blocked::Failed(e) => e,
-            Blocked::TimedOut => io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("ping {dst} seq {seq}: no reply within {timeout:?}"),
-            ),
             Blocked::Stopped => io::Error::new(
                 io::ErrorKind::NotConnected,
                 format!("ping {dst} seq {seq}: the stack has stopped"),

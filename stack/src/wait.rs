@@ -5,8 +5,8 @@
 //! the lock, then sleep until woken, the deadline passes, or the stack stops. The driver
 //! can only wake a registered waker after taking the same lock, so no wake-up is lost.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
 use std::thread::{self, Thread};
 use std::time::Instant;
@@ -75,6 +75,47 @@ impl Waiter {
                 }
             }
         }
+    }
+}
+
+/// The calls blocked on one side of one connection (or on one listener). smoltcp holds a
+/// single waker per socket direction; it holds this list's waker, which wakes every call
+/// on the list, so two threads reading one connection, or a deadline moved by a third,
+/// each reach every blocked call.
+#[derive(Default)]
+pub(crate) struct WaitList {
+    wakers: Mutex<Vec<Waker>>,
+}
+
+impl WaitList {
+    pub(crate) fn new() -> Arc<WaitList> {
+        Arc::new(WaitList::default())
+    }
+
+    /// Adds a blocked call's waker (once, however often it tries again).
+    pub(crate) fn add(&self, waker: &Waker) {
+        let mut wakers = self.wakers.lock().unwrap_or_else(|e| e.into_inner());
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+    }
+
+    /// Wakes and forgets every waiting call; each re-registers if it blocks again.
+    pub(crate) fn wake_all(&self) {
+        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+}
+
+impl Wake for WaitList {
+    fn wake(self: Arc<Self>) {
+        self.wake_all();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.wake_all();
     }
 }
 

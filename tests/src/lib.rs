@@ -184,9 +184,15 @@ fn unique_suffix() -> u64 {
     RandomState::new().hash_one(Instant::now())
 }
 
-/// Asserts with a message, as a test failure rather than a panic.
+/// Asserts, as a test failure rather than a panic, with a message or with the
+/// condition's own text.
 #[macro_export]
 macro_rules! check {
+    ($cond:expr $(,)?) => {
+        if !$cond {
+            return Err(concat!("check failed: ", stringify!($cond)).into());
+        }
+    };
     ($cond:expr, $($msg:tt)+) => {
         if !$cond {
             return Err(format!($($msg)+).into());

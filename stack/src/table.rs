@@ -1,0 +1,623 @@
+//! The stack's TCP bookkeeping, kept beside smoltcp's socket set under the same lock:
+//! what each connection's handles asked for (deadlines, shutdowns, options), each
+//! listener's backlog, the ephemeral ports, and the driver's hooks that make smoltcp's
+//! sockets behave as Go's connections do.
+//!
+//! The hooks, in the order the driver calls them each pass:
+//!
+//! - [`Tcp::before_ingress`] and [`Tcp::before_egress`] turn smoltcp's one keepalive
+//!   interval into Linux's idle / interval / count (see [`Tcp::keepalive_scan`]).
+//! - [`Tcp::rearm`], after any frame that reached a listener's port, moves completed
+//!   handshakes to the accept queue and keeps a LISTEN socket armed while the backlog
+//!   has room, so a listening port never resets a SYN it has room for.
+//! - [`Tcp::after_poll`] notes state changes of the connections that saw a segment, frees
+//!   closed connections nobody holds, and runs the timed chores: CLOSE-WAIT warnings and
+//!   the FIN-WAIT-2 timeout of orphans.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::sync::Arc;
+use std::task::Waker;
+use std::time::{Duration, Instant};
+
+use smoltcp::iface::{SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::wire::{IpEndpoint, IpListenEndpoint};
+
+use crate::tcp::{KeepAlive, State};
+use crate::wait::WaitList;
+use crate::watch::{Tuple, Watch};
+
+/// LISTEN sockets kept armed per listener (when the backlog has room). The driver
+/// re-arms after every SYN, so two leave a spare.
+const ARMED: usize = 2;
+/// How long an orphaned connection may sit in FIN-WAIT-2 (Linux's `tcp_fin_timeout`).
+const FIN_WAIT_2_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often orphans are checked for being done.
+const ORPHAN_TICK: Duration = Duration::from_millis(200);
+/// The ephemeral port range (RFC 6335 §6).
+const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
+
+/// Socket options that a dialer or listener passes on to its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Opts {
+    pub(crate) read_buffer: usize,
+    pub(crate) write_buffer: usize,
+    pub(crate) keepalive: Option<KeepAlive>,
+    pub(crate) linger: Option<Duration>,
+    pub(crate) nodelay: bool,
+}
+
+impl Opts {
+    /// A smoltcp socket with these options. The receive buffer's size fixes the window
+    /// scale the SYN offers (RFC 7323 §2.3), which is why it must be set before the
+    /// handshake.
+    pub(crate) fn socket(&self) -> tcp::Socket<'static> {
+        let mut socket = tcp::Socket::new(
+            tcp::SocketBuffer::new(vec![0; self.read_buffer]),
+            tcp::SocketBuffer::new(vec![0; self.write_buffer]),
+        );
+        socket.set_nagle_enabled(!self.nodelay);
+        apply_keepalive(&mut socket, self.keepalive);
+        socket
+    }
+}
+
+/// Hands smoltcp the parts of keepalive it can do: probes after `idle` of quiet, and
+/// giving up once the peer has been silent for idle + interval × count. The switch to
+/// `interval` between probes is [`Tcp::keepalive_scan`]'s.
+pub(crate) fn apply_keepalive(socket: &mut tcp::Socket, keepalive: Option<KeepAlive>) {
+    match keepalive {
+        Some(ka) => {
+            socket.set_keep_alive(Some(ka.idle().into()));
+            socket.set_timeout(Some(ka.give_up_after().into()));
+        }
+        None => {
+            socket.set_keep_alive(None);
+            socket.set_timeout(None);
+        }
+    }
+}
+
+/// One connection's state beyond smoltcp's socket.
+pub(crate) struct ConnMeta {
+    pub(crate) tuple: Tuple,
+    /// Calls waiting to read, and the waker smoltcp holds for them.
+    pub(crate) rx: Arc<WaitList>,
+    pub(crate) rx_waker: Waker,
+    /// Calls waiting to write (or for the handshake, or for linger).
+    pub(crate) tx: Arc<WaitList>,
+    pub(crate) tx_waker: Waker,
+    pub(crate) read_deadline: Option<Instant>,
+    pub(crate) write_deadline: Option<Instant>,
+    pub(crate) read_timeout: Option<Duration>,
+    pub(crate) write_timeout: Option<Duration>,
+    /// The application closed it: every handle's calls fail.
+    pub(crate) closed: bool,
+    pub(crate) read_shut: bool,
+    pub(crate) write_shut: bool,
+    /// No handle holds it any more; the driver frees it once TCP is done with it.
+    pub(crate) orphan: bool,
+    /// We reset it (linger 0, or close with unread data).
+    pub(crate) aborted: bool,
+    pub(crate) opts: Opts,
+    pub(crate) state: State,
+    pub(crate) since: Instant,
+    pub(crate) warned: bool,
+}
+
+impl ConnMeta {
+    fn new(tuple: Tuple, opts: Opts, state: State, now: Instant) -> ConnMeta {
+        let rx = WaitList::new();
+        let tx = WaitList::new();
+        ConnMeta {
+            tuple,
+            rx_waker: Waker::from(rx.clone()),
+            rx,
+            tx_waker: Waker::from(tx.clone()),
+            tx,
+            read_deadline: None,
+            write_deadline: None,
+            read_timeout: None,
+            write_timeout: None,
+            closed: false,
+            read_shut: false,
+            write_shut: false,
+            orphan: false,
+            aborted: false,
+            opts,
+            state,
+            since: now,
+            warned: false,
+        }
+    }
+
+    /// Wakes every call blocked on this connection, to look at it again.
+    pub(crate) fn wake_all(&self) {
+        self.rx.wake_all();
+        self.tx.wake_all();
+    }
+}
+
+/// One listener: its pool of smoltcp sockets and its accept queue.
+pub(crate) struct ListenerMeta {
+    pub(crate) addr: SocketAddrV4,
+    pub(crate) backlog: usize,
+    pub(crate) opts: Opts,
+    /// Sockets in LISTEN or SYN-RECEIVED.
+    pool: Vec<SocketHandle>,
+    /// Completed handshakes waiting for `accept`, in arrival order.
+    pub(crate) ready: VecDeque<SocketHandle>,
+    pub(crate) waiters: Arc<WaitList>,
+    pub(crate) deadline: Option<Instant>,
+}
+
+/// All of the stack's TCP bookkeeping.
+pub(crate) struct Tcp {
+    pub(crate) conns: HashMap<SocketHandle, ConnMeta>,
+    pub(crate) by_tuple: HashMap<Tuple, SocketHandle>,
+    pub(crate) listeners: HashMap<u64, ListenerMeta>,
+    next_listener: u64,
+    next_port: u16,
+    pub(crate) watch: RefCell<Watch>,
+    /// Sockets whose keepalive knob was set to the probe interval for this pass.
+    ka_armed: Vec<SocketHandle>,
+    next_ka_scan: Option<Instant>,
+    next_chores: Option<Instant>,
+    close_wait_warning: Duration,
+}
+
+impl Tcp {
+    pub(crate) fn new(close_wait_warning: Duration) -> Tcp {
+        Tcp {
+            conns: HashMap::new(),
+            by_tuple: HashMap::new(),
+            listeners: HashMap::new(),
+            next_listener: 0,
+            next_port: *EPHEMERAL.start() + fastrand::u16(..16384),
+            watch: RefCell::default(),
+            ka_armed: Vec::new(),
+            next_ka_scan: None,
+            next_chores: None,
+            close_wait_warning,
+        }
+    }
+
+    /// Registers a connection (dialed, or completed by a listener).
+    pub(crate) fn add_conn(
+        &mut self,
+        handle: SocketHandle,
+        tuple: Tuple,
+        opts: Opts,
+        state: State,
+        now: Instant,
+    ) {
+        self.conns
+            .insert(handle, ConnMeta::new(tuple, opts, state, now));
+        self.by_tuple.insert(tuple, handle);
+        self.watch.get_mut().track(tuple, now);
+        if let Some(ka) = opts.keepalive {
+            self.schedule_keepalive(now + ka.idle());
+        }
+    }
+
+    /// Forgets a connection and frees its socket.
+    pub(crate) fn remove_conn(&mut self, handle: SocketHandle, sockets: &mut SocketSet<'static>) {
+        if let Some(meta) = self.conns.remove(&handle) {
+            self.by_tuple.remove(&meta.tuple);
+            self.watch.get_mut().forget(&meta.tuple);
+            meta.wake_all();
+        }
+        sockets.remove(handle);
+    }
+
+    /// Marks a connection as held by no handle: the driver frees it when TCP is done.
+    pub(crate) fn orphan(&mut self, handle: SocketHandle, now: Instant) {
+        if let Some(meta) = self.conns.get_mut(&handle) {
+            meta.orphan = true;
+            self.schedule_chores(now + ORPHAN_TICK);
+        }
+    }
+
+    pub(crate) fn schedule_keepalive(&mut self, at: Instant) {
+        self.next_ka_scan = Some(self.next_ka_scan.map_or(at, |t| t.min(at)));
+    }
+
+    fn schedule_chores(&mut self, at: Instant) {
+        self.next_chores = Some(self.next_chores.map_or(at, |t| t.min(at)));
+    }
+
+    /// Whether a connection or listener already uses this local port on `ip`.
+    fn port_in_use(&self, ip: Ipv4Addr, port: u16) -> bool {
+        self.listeners
+            .values()
+            .any(|l| l.addr.port() == port && (l.addr.ip().is_unspecified() || *l.addr.ip() == ip))
+            || self
+                .by_tuple
+                .keys()
+                .any(|(local, _)| local.port() == port && *local.ip() == ip)
+    }
+
+    /// The next ephemeral port for `local_ip` → `remote`, in rotation, skipping any whose
+    /// 4-tuple still has a socket (TIME-WAIT included) or that a listener holds.
+    pub(crate) fn ephemeral_port(
+        &mut self,
+        local_ip: Ipv4Addr,
+        remote: SocketAddrV4,
+    ) -> Option<u16> {
+        let span = EPHEMERAL.end() - EPHEMERAL.start() + 1;
+        for _ in 0..span {
+            let port = self.next_port;
+            self.next_port = if port == *EPHEMERAL.end() {
+                *EPHEMERAL.start()
+            } else {
+                port + 1
+            };
+            let tuple = (SocketAddrV4::new(local_ip, port), remote);
+            let listened = self.listeners.values().any(|l| l.addr.port() == port);
+            if !listened && !self.by_tuple.contains_key(&tuple) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    /// A free port for a new listener on `ip`.
+    pub(crate) fn listen_port(&mut self, ip: Ipv4Addr) -> Option<u16> {
+        let span = EPHEMERAL.end() - EPHEMERAL.start() + 1;
+        for _ in 0..span {
+            let port = self.next_port;
+            self.next_port = if port == *EPHEMERAL.end() {
+                *EPHEMERAL.start()
+            } else {
+                port + 1
+            };
+            if !self.port_in_use(ip, port) {
+                return Some(port);
+            }
+        }
+        None
+    }
+
+    /// Whether a listener on `addr` would collide with one that exists.
+    pub(crate) fn listen_conflict(&self, addr: SocketAddrV4) -> bool {
+        self.listeners.values().any(|l| {
+            l.addr.port() == addr.port()
+                && (l.addr.ip().is_unspecified()
+                    || addr.ip().is_unspecified()
+                    || l.addr.ip() == addr.ip())
+        })
+    }
+
+    /// Adds a listener and arms it. Returns its id.
+    pub(crate) fn add_listener(
+        &mut self,
+        addr: SocketAddrV4,
+        backlog: usize,
+        opts: Opts,
+        sockets: &mut SocketSet<'static>,
+        now: Instant,
+    ) -> u64 {
+        self.next_listener += 1;
+        let id = self.next_listener;
+        self.listeners.insert(
+            id,
+            ListenerMeta {
+                addr,
+                backlog,
+                opts,
+                pool: Vec::new(),
+                ready: VecDeque::new(),
+                waiters: WaitList::new(),
+                deadline: None,
+            },
+        );
+        self.rearm(sockets, now);
+        id
+    }
+
+    /// Closes a listener: its half-open connections go silently, completed ones not yet
+    /// accepted are reset (as Linux does), and blocked accepts wake to fail.
+    pub(crate) fn remove_listener(
+        &mut self,
+        id: u64,
+        sockets: &mut SocketSet<'static>,
+        now: Instant,
+    ) {
+        let Some(listener) = self.listeners.remove(&id) else {
+            return;
+        };
+        for handle in listener.pool {
+            sockets.remove(handle);
+        }
+        for handle in listener.ready {
+            sockets.get_mut::<tcp::Socket>(handle).abort();
+            if let Some(meta) = self.conns.get_mut(&handle) {
+                meta.aborted = true;
+            }
+            self.orphan(handle, now);
+        }
+        self.watch
+            .get_mut()
+            .remove_gate(*listener.addr.ip(), listener.addr.port());
+        listener.waiters.wake_all();
+    }
+
+    /// Re-arms every listener: completed handshakes move to the accept queue, closed
+    /// half-open sockets are freed, and LISTEN sockets are added while the backlog has
+    /// room. The gate then lets through as many SYNs as there are armed sockets and room.
+    pub(crate) fn rearm(&mut self, sockets: &mut SocketSet<'static>, now: Instant) {
+        let ids: Vec<u64> = self.listeners.keys().copied().collect();
+        for id in ids {
+            self.rearm_one(id, sockets, now);
+        }
+        // Half-open tuples whose socket went back to LISTEN (an RST) or closed.
+        let alive: std::collections::HashSet<Tuple> = self
+            .listeners
+            .values()
+            .flat_map(|l| &l.pool)
+            .filter_map(|&h| {
+                let socket = sockets.get::<tcp::Socket>(h);
+                Some((v4(socket.local_endpoint()?), v4(socket.remote_endpoint()?)))
+            })
+            .collect();
+        self.watch
+            .get_mut()
+            .prune_half_open(alive.len(), |t| alive.contains(t));
+    }
+
+    fn rearm_one(&mut self, id: u64, sockets: &mut SocketSet<'static>, now: Instant) {
+        let Some(listener) = self.listeners.get_mut(&id) else {
+            return;
+        };
+        let (mut armed, mut half_open) = (0, 0);
+        let mut completed = Vec::new();
+        let mut gone = Vec::new();
+        listener.pool.retain(|&handle| {
+            let socket = sockets.get::<tcp::Socket>(handle);
+            match socket.state() {
+                tcp::State::Listen => armed += 1,
+                tcp::State::SynReceived | tcp::State::SynSent => half_open += 1,
+                tcp::State::Closed => gone.push(handle),
+                _ => match (socket.local_endpoint(), socket.remote_endpoint()) {
+                    (Some(local), Some(remote)) => {
+                        completed.push((handle, v4(local), v4(remote), socket.state()))
+                    }
+                    _ => gone.push(handle),
+                },
+            }
+            matches!(
+                socket.state(),
+                tcp::State::Listen | tcp::State::SynReceived | tcp::State::SynSent
+            )
+        });
+        let woke = !completed.is_empty();
+        let opts = listener.opts;
+        for (handle, local, remote, state) in completed {
+            listener.ready.push_back(handle);
+            self.conns.insert(
+                handle,
+                ConnMeta::new((local, remote), opts, state.into(), now),
+            );
+            self.by_tuple.insert((local, remote), handle);
+            self.watch.get_mut().track((local, remote), now);
+            if let Some(ka) = opts.keepalive {
+                self.next_ka_scan = Some(
+                    self.next_ka_scan
+                        .map_or(now + ka.idle(), |t| t.min(now + ka.idle())),
+                );
+            }
+        }
+        for handle in gone {
+            sockets.remove(handle);
+        }
+        let Some(listener) = self.listeners.get_mut(&id) else {
+            return;
+        };
+        if woke {
+            listener.waiters.wake_all();
+        }
+        let room = listener
+            .backlog
+            .saturating_sub(listener.ready.len() + half_open);
+        let endpoint = IpListenEndpoint {
+            addr: (!listener.addr.ip().is_unspecified()).then(|| (*listener.addr.ip()).into()),
+            port: listener.addr.port(),
+        };
+        while armed < ARMED.min(room) {
+            let mut socket = listener.opts.socket();
+            if socket.listen(endpoint).is_err() {
+                break; // Port 0 or an open socket: neither happens here.
+            }
+            listener.pool.push(sockets.add(socket));
+            armed += 1;
+        }
+        let open = armed.min(room) as u32;
+        let (addr, port) = (*listener.addr.ip(), listener.addr.port());
+        self.watch.get_mut().set_gate(addr, port, open);
+    }
+
+    /// Replaces the armed LISTEN sockets of a listener whose options changed, so the next
+    /// connection gets the new buffer sizes.
+    pub(crate) fn refresh_listener(
+        &mut self,
+        id: u64,
+        sockets: &mut SocketSet<'static>,
+        now: Instant,
+    ) {
+        if let Some(listener) = self.listeners.get_mut(&id) {
+            listener.pool.retain(|&handle| {
+                if sockets.get::<tcp::Socket>(handle).state() == tcp::State::Listen {
+                    sockets.remove(handle);
+                    false
+                } else {
+                    true
+                }
+            });
+        }
+        self.rearm_one(id, sockets, now);
+    }
+
+    /// Before ingress: sockets whose knob was set to the probe interval go back to
+    /// `idle`, so that a segment from the peer restarts smoltcp's timer at idle.
+    pub(crate) fn before_ingress(&mut self, sockets: &mut SocketSet<'static>) {
+        for handle in self.ka_armed.drain(..) {
+            if let Some(ka) = self.conns.get(&handle).and_then(|m| m.opts.keepalive) {
+                sockets
+                    .get_mut::<tcp::Socket>(handle)
+                    .set_keep_alive(Some(ka.idle().into()));
+            }
+        }
+    }
+
+    /// Before egress: the keepalive scan, when one is due.
+    pub(crate) fn before_egress(&mut self, sockets: &mut SocketSet<'static>, now: Instant) {
+        if self.next_ka_scan.is_some_and(|t| t <= now) {
+            self.keepalive_scan(sockets, now);
+        }
+    }
+
+    /// smoltcp sends a keepalive probe when its one keepalive interval has passed since
+    /// the socket last sent or received, and restarts that interval with every segment.
+    /// Linux (RFC 1122 §4.2.3.6) waits `idle` for the first probe and `interval` between
+    /// probes. So the knob stays at `idle`, except during the pass in which a probe is
+    /// due: then it is set to `interval`, the probe goes out and restarts smoltcp's timer
+    /// at `interval`, and before the next ingress the knob returns to `idle`, so a reply
+    /// from the peer restarts it at `idle` again.
+    fn keepalive_scan(&mut self, sockets: &mut SocketSet<'static>, now: Instant) {
+        let watch = self.watch.borrow();
+        let mut next: Option<Instant> = None;
+        for (&handle, meta) in &self.conns {
+            let Some(ka) = meta.opts.keepalive else {
+                continue;
+            };
+            if !matches!(
+                meta.state,
+                State::Established | State::CloseWait | State::FinWait1 | State::FinWait2
+            ) {
+                continue;
+            }
+            let Some(due) = watch.probe_due(&meta.tuple, ka.idle(), ka.interval()) else {
+                continue;
+            };
+            let at = if due <= now {
+                sockets
+                    .get_mut::<tcp::Socket>(handle)
+                    .set_keep_alive(Some(ka.interval().into()));
+                self.ka_armed.push(handle);
+                // smoltcp's own timer sends the probe; look again shortly if it was not
+                // quite due by smoltcp's reckoning.
+                now + ka.interval().min(Duration::from_millis(10))
+            } else {
+                due
+            };
+            next = Some(next.map_or(at, |t| t.min(at)));
+        }
+        self.next_ka_scan = next;
+    }
+
+    /// After a pass: notes state changes of the connections that saw segments, frees
+    /// finished orphans, runs chores that are due, and says when the driver must next run
+    /// for the TCP layer's own timers.
+    pub(crate) fn after_poll(
+        &mut self,
+        sockets: &mut SocketSet<'static>,
+        now: Instant,
+    ) -> Option<Instant> {
+        let touched = self.watch.get_mut().take_touched();
+        for tuple in touched {
+            if let Some(&handle) = self.by_tuple.get(&tuple) {
+                self.sync(handle, sockets, now);
+            }
+        }
+        if self.next_chores.is_some_and(|t| t <= now) {
+            self.chores(sockets, now);
+        }
+        match (self.next_ka_scan, self.next_chores) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Brings one connection's record up to date with its socket.
+    fn sync(&mut self, handle: SocketHandle, sockets: &mut SocketSet<'static>, now: Instant) {
+        let Some(meta) = self.conns.get_mut(&handle) else {
+            return;
+        };
+        let socket = sockets.get_mut::<tcp::Socket>(handle);
+        let state = State::from(socket.state());
+        if state != meta.state {
+            log::debug!(
+                "{} -> {}: {} -> {}",
+                meta.tuple.0,
+                meta.tuple.1,
+                meta.state,
+                state
+            );
+            meta.state = state;
+            meta.since = now;
+            meta.warned = false;
+            if state == State::CloseWait && !meta.closed {
+                let at = now + self.close_wait_warning;
+                self.next_chores = Some(self.next_chores.map_or(at, |t| t.min(at)));
+            }
+        }
+        if meta.read_shut && socket.can_recv() {
+            // shutdown(Read): what arrives afterwards is discarded.
+            let _ = socket.recv(|data| (data.len(), ()));
+        }
+        if meta.orphan && state == State::Closed && socket.local_endpoint().is_none() {
+            self.remove_conn(handle, sockets);
+        }
+    }
+
+    /// The timed chores: CLOSE-WAIT warnings, finished and stuck orphans.
+    fn chores(&mut self, sockets: &mut SocketSet<'static>, now: Instant) {
+        self.next_chores = None;
+        let handles: Vec<SocketHandle> = self.conns.keys().copied().collect();
+        for handle in handles {
+            self.sync(handle, sockets, now);
+            let Some(meta) = self.conns.get_mut(&handle) else {
+                continue; // Freed by sync.
+            };
+            let age = now.saturating_duration_since(meta.since);
+            let mut next = None;
+            if meta.orphan {
+                if meta.state == State::FinWait2 && age >= FIN_WAIT_2_TIMEOUT {
+                    log::debug!(
+                        "{} -> {}: FIN-WAIT-2 for {:?} without the peer's FIN; resetting",
+                        meta.tuple.0,
+                        meta.tuple.1,
+                        age
+                    );
+                    sockets.get_mut::<tcp::Socket>(handle).abort();
+                    meta.aborted = true;
+                }
+                next = Some(now + ORPHAN_TICK);
+            } else if meta.state == State::CloseWait && !meta.closed && !meta.warned {
+                if age >= self.close_wait_warning {
+                    log::warn!(
+                        "{} -> {}: in CLOSE-WAIT for {:.1?}: the peer closed, but the \
+                         application has not closed its side",
+                        meta.tuple.0,
+                        meta.tuple.1,
+                        age
+                    );
+                    meta.warned = true;
+                } else {
+                    next = Some(meta.since + self.close_wait_warning);
+                }
+            }
+            if let Some(at) = next {
+                self.schedule_chores(at);
+            }
+        }
+    }
+}
+
+/// An endpoint as the IPv4 socket address it always is on this stack.
+pub(crate) fn v4(endpoint: IpEndpoint) -> SocketAddrV4 {
+    let smoltcp::wire::IpAddress::Ipv4(ip) = endpoint.addr;
+    SocketAddrV4::new(ip, endpoint.port)
+}

@@ -1,0 +1,528 @@
+//! The driver's view of the wire: every TCP segment in and out passes [`Watch`] on its way
+//! between the device and smoltcp.
+//!
+//! smoltcp keeps most of a connection's numbers to itself. What the stack promises on
+//! top of it, it reads off the segments instead:
+//!
+//! - **when** a connection last heard from its peer and last spoke, so keepalive probes
+//!   go out at exactly idle + n × interval (see `table.rs`);
+//! - **why** a connection closed: an RST from the peer (reset, or refused in answer to a
+//!   SYN), the peer's FIN, or neither (smoltcp gave up on a silent peer);
+//! - **how** it is doing: retransmissions, keepalive probes, the windows both ends
+//!   advertise (scaled by the shifts from the SYNs, RFC 7323 §2), and an RTT estimate
+//!   (RFC 6298, timed on segments that were never retransmitted, per Karn);
+//! - and it holds the **gate** of each listener: a SYN for a listener whose backlog is
+//!   full is dropped here, unanswered, so the client retries, as Linux does. smoltcp
+//!   would otherwise answer it with RST.
+//!
+//! Only tuples the stack owns are tracked (connections and listeners' half-open ones), so
+//! a flood of strangers costs a header parse and a hash lookup per frame, nothing more.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use smoltcp::phy::{self, Device, DeviceCapabilities};
+use smoltcp::wire::{
+    EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpOption, TcpPacket, TcpSeqNumber,
+};
+
+/// A connection's two ends: (local, remote).
+pub(crate) type Tuple = (SocketAddrV4, SocketAddrV4);
+
+/// What the wire has shown of one connection.
+#[derive(Debug, Clone)]
+pub(crate) struct Wire {
+    pub(crate) last_rx: Instant,
+    pub(crate) last_tx: Instant,
+    /// The peer sent RST (after which smoltcp has closed the socket).
+    pub(crate) rst_rx: bool,
+    /// The peer sent FIN.
+    pub(crate) fin_rx: bool,
+    /// Keepalive probes sent since the peer last spoke.
+    pub(crate) probes_out: u32,
+    pub(crate) probes: u64,
+    pub(crate) retransmits: u64,
+    pub(crate) zero_window_probes: u64,
+    pub(crate) segs_in: u64,
+    pub(crate) segs_out: u64,
+    /// Window shifts from the SYNs, once both were seen (RFC 7323 §2.2).
+    our_shift: Option<u8>,
+    peer_shift: Option<u8>,
+    /// The last window each end advertised, in bytes.
+    pub(crate) our_window: u32,
+    pub(crate) peer_window: u32,
+    /// One past the highest sequence number sent.
+    snd_max: Option<TcpSeqNumber>,
+    /// The segment being timed for RTT: (sequence number that acknowledges it, when sent).
+    timing: Option<(TcpSeqNumber, Instant)>,
+    pub(crate) srtt: Option<Duration>,
+    rttvar: Duration,
+    touched: bool,
+    /// Let in by a listener's gate, and not yet a connection of the stack's.
+    half_open: bool,
+}
+
+impl Wire {
+    fn new(now: Instant) -> Wire {
+        Wire {
+            last_rx: now,
+            last_tx: now,
+            rst_rx: false,
+            fin_rx: false,
+            probes_out: 0,
+            probes: 0,
+            retransmits: 0,
+            zero_window_probes: 0,
+            segs_in: 0,
+            segs_out: 0,
+            our_shift: None,
+            peer_shift: None,
+            our_window: 0,
+            peer_window: 0,
+            snd_max: None,
+            timing: None,
+            srtt: None,
+            rttvar: Duration::ZERO,
+            touched: false,
+            half_open: false,
+        }
+    }
+
+    /// The retransmission timeout RFC 6298 §2 derives from the samples (1 s floor).
+    pub(crate) fn rto(&self) -> Option<Duration> {
+        self.srtt
+            .map(|srtt| (srtt + 4 * self.rttvar).max(Duration::from_secs(1)))
+    }
+
+    fn sample_rtt(&mut self, rtt: Duration) {
+        // RFC 6298 §2.2 and §2.3, with alpha = 1/8 and beta = 1/4.
+        match self.srtt {
+            None => {
+                self.srtt = Some(rtt);
+                self.rttvar = rtt / 2;
+            }
+            Some(srtt) => {
+                let err = srtt.abs_diff(rtt);
+                self.rttvar = (self.rttvar * 3 + err) / 4;
+                self.srtt = Some((srtt * 7 + rtt) / 8);
+            }
+        }
+    }
+}
+
+/// A listener's gate: how many more SYNs it can take right now.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Gate {
+    /// The listening address; unspecified means every local address.
+    pub(crate) addr: Ipv4Addr,
+    pub(crate) port: u16,
+    /// SYNs it may still let through before the driver re-arms it.
+    pub(crate) open: u32,
+    /// SYNs dropped because the backlog was full.
+    pub(crate) dropped: u64,
+}
+
+/// The per-connection wire records and the listeners' gates.
+#[derive(Default)]
+pub(crate) struct Watch {
+    conns: HashMap<Tuple, Wire>,
+    gates: Vec<Gate>,
+    touched: Vec<Tuple>,
+    /// A segment reached a listener's port outside any tracked tuple, or a SYN went
+    /// through a gate: its pool needs a look before the next frame.
+    pub(crate) rearm: bool,
+    /// Whether anything is tracked at all (skips the parse for a stack with no TCP).
+    active: bool,
+    /// Entries let in by a gate and not yet connections.
+    half_open: usize,
+}
+
+/// What to do with an arriving frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Pass,
+    Drop,
+}
+
+impl Watch {
+    pub(crate) fn track(&mut self, tuple: Tuple, now: Instant) {
+        let wire = self.conns.entry(tuple).or_insert_with(|| Wire::new(now));
+        if std::mem::take(&mut wire.half_open) {
+            self.half_open -= 1;
+        }
+        self.active = true;
+    }
+
+    /// Forgets half-open entries whose listener socket is gone (reset, timed out), when
+    /// there are more of them than the `alive` SYN-RECEIVED sockets the listeners hold.
+    pub(crate) fn prune_half_open(&mut self, count: usize, alive: impl Fn(&Tuple) -> bool) {
+        if self.half_open <= count {
+            return;
+        }
+        self.conns
+            .retain(|tuple, wire| !wire.half_open || alive(tuple));
+        self.half_open = self.conns.values().filter(|w| w.half_open).count();
+    }
+
+    pub(crate) fn forget(&mut self, tuple: &Tuple) {
+        if self.conns.remove(tuple).is_some_and(|w| w.half_open) {
+            self.half_open -= 1;
+        }
+        self.active = !self.conns.is_empty() || !self.gates.is_empty();
+    }
+
+    pub(crate) fn get(&self, tuple: &Tuple) -> Option<&Wire> {
+        self.conns.get(tuple)
+    }
+
+    /// Sets how many SYNs the listener on `addr:port` may take (adding its gate).
+    pub(crate) fn set_gate(&mut self, addr: Ipv4Addr, port: u16, open: u32) {
+        match self.gate_mut(addr, port) {
+            Some(gate) => gate.open = open,
+            None => self.gates.push(Gate {
+                addr,
+                port,
+                open,
+                dropped: 0,
+            }),
+        }
+        self.active = true;
+    }
+
+    pub(crate) fn remove_gate(&mut self, addr: Ipv4Addr, port: u16) {
+        self.gates.retain(|g| !(g.addr == addr && g.port == port));
+        self.active = !self.conns.is_empty() || !self.gates.is_empty();
+    }
+
+    pub(crate) fn gate(&self, addr: Ipv4Addr, port: u16) -> Option<&Gate> {
+        self.gates.iter().find(|g| g.addr == addr && g.port == port)
+    }
+
+    fn gate_mut(&mut self, addr: Ipv4Addr, port: u16) -> Option<&mut Gate> {
+        self.gates
+            .iter_mut()
+            .find(|g| g.addr == addr && g.port == port)
+    }
+
+    /// The gate a segment to `dst` meets, if any listener holds that port.
+    fn gate_for(&mut self, dst: SocketAddrV4) -> Option<&mut Gate> {
+        self.gates
+            .iter_mut()
+            .find(|g| g.port == dst.port() && (g.addr.is_unspecified() || g.addr == *dst.ip()))
+    }
+
+    /// Tuples that saw a segment since the last call, each once.
+    pub(crate) fn take_touched(&mut self) -> Vec<Tuple> {
+        for tuple in &self.touched {
+            if let Some(wire) = self.conns.get_mut(tuple) {
+                wire.touched = false;
+            }
+        }
+        std::mem::take(&mut self.touched)
+    }
+
+    /// Whether the peer has been silent long enough for the next keepalive probe.
+    pub(crate) fn probe_due(
+        &self,
+        tuple: &Tuple,
+        idle: Duration,
+        interval: Duration,
+    ) -> Option<Instant> {
+        let wire = self.conns.get(tuple)?;
+        let quiet_since = wire.last_rx.max(wire.last_tx);
+        Some(quiet_since + if wire.probes_out == 0 { idle } else { interval })
+    }
+
+    fn touch(touched: &mut Vec<Tuple>, tuple: Tuple, wire: &mut Wire) {
+        if !wire.touched {
+            wire.touched = true;
+            touched.push(tuple);
+        }
+    }
+
+    fn inbound(&mut self, frame: &[u8], now: Instant) -> Verdict {
+        if !self.active {
+            return Verdict::Pass;
+        }
+        let Some(seg) = Segment::parse(frame) else {
+            return Verdict::Pass;
+        };
+        // Arriving, the segment's destination is our end.
+        let tuple = (seg.dst, seg.src);
+        if let Some(wire) = self.conns.get_mut(&tuple) {
+            if wire.half_open {
+                // Perhaps the ACK that completes the handshake: the listener looks.
+                self.rearm = true;
+            }
+            wire.last_rx = now;
+            wire.segs_in += 1;
+            wire.probes_out = 0;
+            if seg.rst {
+                wire.rst_rx = true;
+            }
+            if seg.fin {
+                wire.fin_rx = true;
+            }
+            if seg.syn {
+                wire.peer_shift = Some(seg.wscale.unwrap_or(0));
+                if seg.wscale.is_none() {
+                    wire.our_shift = Some(0); // No scaling unless both ends offer it.
+                }
+            }
+            let shift = if seg.syn {
+                0
+            } else {
+                wire.peer_shift.unwrap_or(0)
+            };
+            wire.peer_window = u32::from(seg.window) << shift.min(14);
+            if let (Some(ack), Some((until, sent))) = (seg.ack, wire.timing)
+                && ack >= until
+            {
+                wire.sample_rtt(now.saturating_duration_since(sent));
+                wire.timing = None;
+            }
+            Self::touch(&mut self.touched, tuple, wire);
+            return Verdict::Pass;
+        }
+        let syn_only = seg.syn && seg.ack.is_none() && !seg.rst;
+        let Some(gate) = self.gate_for(seg.dst) else {
+            return Verdict::Pass;
+        };
+        if !syn_only {
+            // Perhaps the ACK that completes a half-open connection of a listener's.
+            self.rearm = true;
+            return Verdict::Pass;
+        }
+        if gate.open == 0 {
+            gate.dropped += 1;
+            log::debug!(
+                "listener {}:{} is full: dropped a SYN from {}",
+                gate.addr,
+                gate.port,
+                seg.src
+            );
+            return Verdict::Drop;
+        }
+        gate.open -= 1;
+        self.rearm = true;
+        let mut wire = Wire::new(now);
+        wire.half_open = true;
+        self.half_open += 1;
+        wire.segs_in = 1;
+        wire.peer_shift = Some(seg.wscale.unwrap_or(0));
+        if seg.wscale.is_none() {
+            wire.our_shift = Some(0);
+        }
+        self.conns.insert(tuple, wire);
+        Verdict::Pass
+    }
+
+    fn outbound(&mut self, frame: &[u8], now: Instant) {
+        if !self.active {
+            return;
+        }
+        let Some(seg) = Segment::parse(frame) else {
+            return;
+        };
+        let tuple = (seg.src, seg.dst);
+        let Some(wire) = self.conns.get_mut(&tuple) else {
+            return;
+        };
+        if wire.half_open && seg.rst {
+            self.rearm = true;
+        }
+        wire.last_tx = now;
+        wire.segs_out += 1;
+        if seg.syn {
+            if wire.our_shift.is_none() {
+                wire.our_shift = Some(seg.wscale.unwrap_or(0));
+            }
+            if seg.wscale.is_none() {
+                wire.peer_shift = Some(0);
+            }
+        }
+        let shift = if seg.syn {
+            0
+        } else {
+            wire.our_shift.unwrap_or(0)
+        };
+        wire.our_window = u32::from(seg.window) << shift.min(14);
+        let len = seg.payload_len as u32 + u32::from(seg.syn) + u32::from(seg.fin);
+        if len > 0 && !seg.rst {
+            let end = seg.seq + len as usize;
+            match wire.snd_max {
+                // RFC 1122 §4.2.3.6: a keepalive probe is one old byte just below snd_max.
+                Some(max) if seg.payload_len == 1 && end == max && wire.timing.is_none() => {
+                    if wire.peer_window == 0 {
+                        wire.zero_window_probes += 1;
+                    } else {
+                        wire.probes += 1;
+                        wire.probes_out += 1;
+                    }
+                }
+                Some(max) if end <= max => {
+                    wire.retransmits += 1;
+                    wire.timing = None; // Karn: never time a retransmitted segment.
+                }
+                _ => {
+                    if wire.peer_window == 0 && seg.payload_len == 1 && wire.snd_max.is_some() {
+                        wire.zero_window_probes += 1;
+                    }
+                    if wire.timing.is_none() {
+                        wire.timing = Some((end, now));
+                    }
+                    wire.snd_max = Some(end);
+                }
+            }
+        }
+        Self::touch(&mut self.touched, tuple, wire);
+    }
+}
+
+/// The fields of a TCP segment the watch needs, from a checked parse of the frame.
+struct Segment {
+    src: SocketAddrV4,
+    dst: SocketAddrV4,
+    seq: TcpSeqNumber,
+    ack: Option<TcpSeqNumber>,
+    syn: bool,
+    fin: bool,
+    rst: bool,
+    window: u16,
+    wscale: Option<u8>,
+    payload_len: usize,
+}
+
+impl Segment {
+    fn parse(frame: &[u8]) -> Option<Segment> {
+        let eth = EthernetFrame::new_checked(frame).ok()?;
+        if eth.ethertype() != EthernetProtocol::Ipv4 {
+            return None;
+        }
+        let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+        if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
+            return None;
+        }
+        let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+        let mut wscale = None;
+        if tcp.syn() {
+            let mut options = tcp.options();
+            while !options.is_empty() {
+                let Ok((rest, option)) = TcpOption::parse(options) else {
+                    break;
+                };
+                match option {
+                    TcpOption::EndOfList => break,
+                    TcpOption::WindowScale(shift) => wscale = Some(shift),
+                    _ => {}
+                }
+                options = rest;
+            }
+        }
+        Some(Segment {
+            src: SocketAddrV4::new(ip.src_addr(), tcp.src_port()),
+            dst: SocketAddrV4::new(ip.dst_addr(), tcp.dst_port()),
+            seq: tcp.seq_number(),
+            ack: tcp.ack().then(|| tcp.ack_number()),
+            syn: tcp.syn(),
+            fin: tcp.fin(),
+            rst: tcp.rst(),
+            window: tcp.window_len(),
+            wscale,
+            payload_len: tcp.payload().len(),
+        })
+    }
+}
+
+/// The device as smoltcp sees it during a pass: the driver's device, with every frame
+/// shown to the [`Watch`] on the way. (A `RefCell`, because smoltcp holds a receive
+/// token and its paired transmit token at once, and both report to the watch.)
+pub(crate) struct Watched<'a, D> {
+    pub(crate) device: &'a mut D,
+    pub(crate) watch: &'a RefCell<Watch>,
+    pub(crate) now: Instant,
+}
+
+impl<D: Device> Device for Watched<'_, D> {
+    type RxToken<'a>
+        = RxToken<'a, D::RxToken<'a>>
+    where
+        Self: 'a;
+    type TxToken<'a>
+        = TxToken<'a, D::TxToken<'a>>
+    where
+        Self: 'a;
+
+    fn receive(
+        &mut self,
+        timestamp: smoltcp::time::Instant,
+    ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        let (rx, tx) = self.device.receive(timestamp)?;
+        Some((
+            RxToken {
+                inner: rx,
+                watch: self.watch,
+                now: self.now,
+            },
+            TxToken {
+                inner: tx,
+                watch: self.watch,
+                now: self.now,
+            },
+        ))
+    }
+
+    fn transmit(&mut self, timestamp: smoltcp::time::Instant) -> Option<Self::TxToken<'_>> {
+        Some(TxToken {
+            inner: self.device.transmit(timestamp)?,
+            watch: self.watch,
+            now: self.now,
+        })
+    }
+
+    fn capabilities(&self) -> DeviceCapabilities {
+        self.device.capabilities()
+    }
+}
+
+/// An arriving frame, shown to the watch before smoltcp sees it.
+pub(crate) struct RxToken<'a, T> {
+    inner: T,
+    watch: &'a RefCell<Watch>,
+    now: Instant,
+}
+
+impl<T: phy::RxToken> phy::RxToken for RxToken<'_, T> {
+    fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+        let (watch, now) = (self.watch, self.now);
+        self.inner.consume(|frame| {
+            let verdict = watch.borrow_mut().inbound(frame, now);
+            match verdict {
+                Verdict::Pass => f(frame),
+                // An empty frame is one smoltcp discards as malformed, without a reply:
+                // exactly what a SYN beyond the backlog deserves.
+                Verdict::Drop => f(&[]),
+            }
+        })
+    }
+}
+
+/// A frame on its way out, shown to the watch once smoltcp has written it.
+pub(crate) struct TxToken<'a, T> {
+    inner: T,
+    watch: &'a RefCell<Watch>,
+    now: Instant,
+}
+
+impl<T: phy::TxToken> phy::TxToken for TxToken<'_, T> {
+    fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+        let (watch, now) = (self.watch, self.now);
+        self.inner.consume(len, |buf| {
+            let result = f(buf);
+            watch.borrow_mut().outbound(buf, now);
+            result
+        })
+    }
+}
