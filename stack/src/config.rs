@@ -39,6 +39,10 @@ pub struct StackConfig {
     /// How long a connection may sit in CLOSE-WAIT (the peer closed, the application
     /// has not) before the stack logs a warning naming it.
     pub close_wait_warning: Duration,
+    /// How long a connection without keepalive waits for a silent peer to acknowledge
+    /// outstanding data before it fails with `TimedOut` (Linux gives up after about
+    /// 15 minutes of retransmissions). Idle connections without keepalive never expire.
+    pub retransmit_give_up: Duration,
 }
 
 impl Default for StackConfig {
@@ -51,6 +55,7 @@ impl Default for StackConfig {
             write_buffer: 256 << 10,
             keepalive: Some(KeepAlive::new()),
             close_wait_warning: Duration::from_secs(30),
+            retransmit_give_up: Duration::from_secs(15 * 60),
         }
     }
 }
@@ -72,6 +77,12 @@ impl StackConfig {
     /// Sets the default keepalive of TCP connections.
     pub fn with_keepalive(mut self, keepalive: Option<KeepAlive>) -> Self {
         self.keepalive = keepalive;
+        self
+    }
+
+    /// Sets how long unacknowledged data may wait on a silent peer (without keepalive).
+    pub fn with_retransmit_give_up(mut self, after: Duration) -> Self {
+        self.retransmit_give_up = after;
         self
     }
 

@@ -166,10 +166,11 @@ pub(crate) struct Tcp {
     next_ka_scan: Option<Instant>,
     next_chores: Option<Instant>,
     close_wait_warning: Duration,
+    retransmit_give_up: Duration,
 }
 
 impl Tcp {
-    pub(crate) fn new(close_wait_warning: Duration) -> Tcp {
+    pub(crate) fn new(close_wait_warning: Duration, retransmit_give_up: Duration) -> Tcp {
         Tcp {
             conns: HashMap::new(),
             by_tuple: HashMap::new(),
@@ -181,6 +182,7 @@ impl Tcp {
             next_ka_scan: None,
             next_chores: None,
             close_wait_warning,
+            retransmit_give_up,
         }
     }
 
@@ -561,6 +563,16 @@ impl Tcp {
             if state == State::CloseWait && !meta.closed {
                 let at = now + self.close_wait_warning;
                 self.next_chores = Some(self.next_chores.map_or(at, |t| t.min(at)));
+            }
+        }
+        if meta.opts.keepalive.is_none() {
+            // smoltcp's one timeout would also end an idle connection; without keepalive,
+            // only data the peer leaves unacknowledged may time out.
+            let waiting =
+                socket.send_queue() > 0 || matches!(state, State::SynSent | State::SynReceived);
+            let want = waiting.then_some(self.retransmit_give_up.into());
+            if socket.timeout() != want {
+                socket.set_timeout(want);
             }
         }
         if meta.read_shut && socket.can_recv() {

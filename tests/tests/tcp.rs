@@ -35,6 +35,15 @@ fn main() {
         plain("wire::buffers_before_and_after_the_handshake", wire_buffers),
         plain("wire::info_reports_the_connection", wire_info),
         plain("wire::dial_timeout_to_a_silent_host", wire_dial_timeout),
+        plain(
+            "wire::error_kinds_reset_broken_pipe_closed",
+            wire_error_kinds,
+        ),
+        plain(
+            "wire::retransmission_gives_up_without_keepalive",
+            wire_give_up,
+        ),
+        plain("wire::a_stopped_stack_fails_blocked_calls", wire_stop),
         root("tap::kernel_echo_through_tapnet_listener", tap_echo),
         root("tap::linger_zero_sends_rst_default_sends_fin", tap_linger),
         root(
@@ -464,6 +473,98 @@ fn wire_dial_timeout() -> TestResult {
     check!(err.to_string().ends_with("i/o timeout"), "{err}");
     check!(start.elapsed() < Duration::from_secs(2));
     check!(alice.tcp_socket_count() == 0);
+    Ok(())
+}
+
+fn wire_error_kinds() -> TestResult {
+    let (alice, bob, _) = wire_pair(config("10.0.0.1/24"), config("10.0.0.2/24"))?;
+    let listener = bob.listen("0.0.0.0:13".parse()?)?;
+    let client = alice.dial("10.0.0.2:13".parse()?)?;
+    let (server, _) = listener.accept()?;
+    // Our own shutdown(Write), then a write: BrokenPipe.
+    client.shutdown(Shutdown::Write)?;
+    let err = (&client).write(b"x").unwrap_err();
+    check!(err.kind() == ErrorKind::BrokenPipe, "{err}");
+    check!(err.to_string().starts_with("write tcp 10.0.0.1:"), "{err}");
+    // The peer resets: reads fail with ConnectionReset, then writes with BrokenPipe.
+    server.set_linger(Some(Duration::ZERO))?;
+    server.close()?;
+    let mut buf = [0; 4];
+    let err = (&client).read(&mut buf).unwrap_err();
+    check!(err.kind() == ErrorKind::ConnectionReset, "{err}");
+    check!(
+        err.to_string().ends_with("connection reset by peer"),
+        "{err}"
+    );
+    let other = alice.dial("10.0.0.2:13".parse()?)?;
+    let (peer, _) = listener.accept()?;
+    peer.set_linger(Some(Duration::ZERO))?;
+    drop(peer);
+    eventually(Duration::from_secs(2), "the reset to arrive", || {
+        other.state() == State::Closed
+    })?;
+    let err = (&other).write(b"x").unwrap_err();
+    check!(err.kind() == ErrorKind::BrokenPipe, "{err}");
+    // Use after close, through a clone.
+    let clone = other.try_clone()?;
+    other.close()?;
+    let err = (&clone).read(&mut buf).unwrap_err();
+    check!(
+        err.to_string()
+            .ends_with("use of closed network connection"),
+        "{err}"
+    );
+    check!(clone.close().is_err(), "a second close is an error");
+    Ok(())
+}
+
+fn wire_give_up() -> TestResult {
+    let alice_config = config("10.0.0.1/24")
+        .with_keepalive(None)
+        .with_retransmit_give_up(Duration::from_millis(2500));
+    let (alice, bob, _) = wire_pair(alice_config, config("10.0.0.2/24"))?;
+    let listener = bob.listen("0.0.0.0:14".parse()?)?;
+    let client = alice.dial("10.0.0.2:14".parse()?)?;
+    let (_server, _) = listener.accept()?;
+    // Idle, without keepalive: nothing expires.
+    std::thread::sleep(Duration::from_millis(3000));
+    check!(client.state() == State::Established, "{}", client.state());
+    // Data to a peer that vanished: retransmitted, then given up.
+    bob.stop();
+    (&client).write_all(b"hello?")?;
+    let start = Instant::now();
+    let mut buf = [0; 4];
+    let err = (&client).read(&mut buf).unwrap_err();
+    check!(err.kind() == ErrorKind::TimedOut, "{err}");
+    check!(err.to_string().ends_with("connection timed out"), "{err}");
+    check!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    check!(client.info()?.retransmits >= 1, "{:?}", client.info()?);
+    Ok(())
+}
+
+fn wire_stop() -> TestResult {
+    let (alice, bob, _) = wire_pair(config("10.0.0.1/24"), config("10.0.0.2/24"))?;
+    let listener = bob.listen("0.0.0.0:15".parse()?)?;
+    let client = alice.dial("10.0.0.2:15".parse()?)?;
+    let (_server, _) = listener.accept()?;
+    let other = alice.listen("0.0.0.0:16".parse()?)?;
+    let reader = {
+        let client = client.try_clone()?;
+        std::thread::spawn(move || (&client).read(&mut [0; 4]))
+    };
+    let acceptor = std::thread::spawn(move || other.accept().map(|_| ()));
+    std::thread::sleep(Duration::from_millis(100));
+    alice.stop();
+    let start = Instant::now();
+    let err = reader.join().unwrap().unwrap_err();
+    check!(err.to_string().ends_with("the stack is stopped"), "{err}");
+    check!(acceptor.join().unwrap().is_err());
+    check!(start.elapsed() < Duration::from_secs(1));
+    check!((&client).write(b"x").is_err());
     Ok(())
 }
 
