@@ -726,8 +726,8 @@ fn tap_keepalive() -> TestResult {
             // Each probe comes `idle` after the last segment before it (its answer).
             let before = mine
                 .iter()
-                .filter(|s| s.at < probe.at)
-                .last()
+                .rev()
+                .find(|s| s.at < probe.at)
                 .ok_or("nothing before a probe")?;
             let gap = probe.at - before.at;
             check!(
