@@ -8,10 +8,14 @@
 //!    and the device's own `poll_at` (a frame held back by an impairment). `ppoll` takes
 //!    it in nanoseconds: smoltcp's own `phy::wait` rounds sub-millisecond waits down to
 //!    zero and spins.
-//! 2. **Drain** every ready frame into the interface, in batches, so a flood cannot
-//!    starve the egress half.
+//! 2. **Drain** ready frames from the device, in batches so a flood cannot starve the
+//!    egress half, then take the lock and let the interface process them.
 //! 3. **Poll**: let every socket transmit what it has, until none has more.
-//! 4. **Flush** the device (a capture file, for one), then go back to 1.
+//! 4. **Send** what smoltcp wrote, once the lock is let go, and **flush** the device (a
+//!    capture file, for one), then go back to 1.
+//!
+//! The device's system calls happen outside the lock (see [`crate::staged`]), so a
+//! handle waiting to read or write waits only for smoltcp's own work.
 //!
 //! No fixed sleeps and no spinning: with nothing to do, the thread sleeps in `ppoll`
 //! until a frame, a call or a timer needs it.
@@ -28,6 +32,8 @@ use nix::sys::time::TimeSpec;
 use smoltcp::iface::{PollIngressSingleResult, PollResult};
 
 use crate::Shared;
+use crate::staged::Stage;
+use crate::wait::Deferred;
 use crate::watch::Watched;
 
 /// Frames taken in per pass before egress gets a turn.
@@ -42,24 +48,28 @@ pub(crate) fn now(epoch: Instant) -> smoltcp::time::Instant {
 pub(crate) fn run<D: Link>(shared: Arc<Shared>, mut device: D) {
     // However the loop ends, even by a panic, blocked calls must learn of it.
     let _exit = ExitGuard(&shared);
+    let caps = device.capabilities();
+    let mut stage = Stage::default();
     while !shared.stopped.load(Ordering::Acquire) {
         // A wake-up that arrives from here on asks for another pass.
         shared.wake_pending.store(false, Ordering::Release);
         let now = now(shared.epoch);
         device.service(now);
 
-        let (iface_at, more_frames) = {
+        // 2. Drain ready frames, before taking the lock.
+        let taken = stage.read_from(&mut device, now, INGRESS_BATCH);
+
+        let deferred = Deferred::start();
+        let iface_at = {
             let mut core = shared.lock();
             let core = &mut *core;
             let wall = Instant::now();
             core.iface.poll_maintenance(now);
             core.tcp.before_ingress(&mut core.sockets);
-
-            // 2. Drain ready frames, each seen by the TCP watch on its way in.
-            let mut taken = 0;
-            while taken < INGRESS_BATCH {
+            // Each frame is seen by the TCP watch on its way in.
+            loop {
                 let mut watched = Watched {
-                    device: &mut device,
+                    device: stage.device(&caps),
                     watch: &core.tcp.watch,
                     now: wall,
                 };
@@ -70,10 +80,9 @@ pub(crate) fn run<D: Link>(shared: Arc<Shared>, mut device: D) {
                 {
                     break;
                 }
-                taken += 1;
                 // A SYN or handshake ACK reached a listener: re-arm it before the next
                 // frame, so a listening port never resets a SYN it has room for.
-                if std::mem::take(&mut core.tcp.watch.get_mut().rearm) {
+                if std::mem::take(&mut core.tcp.watch.borrow_mut().rearm) {
                     core.tcp.rearm(&mut core.sockets, wall);
                 }
             }
@@ -81,7 +90,7 @@ pub(crate) fn run<D: Link>(shared: Arc<Shared>, mut device: D) {
             // 3. Poll: transmit until no socket has more to send.
             core.tcp.before_egress(&mut core.sockets, wall);
             let mut watched = Watched {
-                device: &mut device,
+                device: stage.device(&caps),
                 watch: &core.tcp.watch,
                 now: wall,
             };
@@ -98,14 +107,20 @@ pub(crate) fn run<D: Link>(shared: Arc<Shared>, mut device: D) {
                 let ahead = at.saturating_duration_since(wall);
                 now + smoltcp::time::Duration::from_micros(ahead.as_micros() as u64)
             });
-            let at = match (iface_at, tcp_at) {
+            match (iface_at, tcp_at) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
-            };
-            (at, taken == INGRESS_BATCH)
+            }
         };
 
-        // 4. Flush.
+        // Blocked calls that this pass let go on wake now, with the lock free.
+        deferred.wake();
+
+        // 4. Send what smoltcp wrote, after letting the lock go, and flush.
+        let refused = stage.write_to(&mut device, now);
+        if refused > 0 {
+            log::debug!("the device refused {refused} frames");
+        }
         device.flush();
 
         // 1. Wait (for the next pass), until the earlier of the two deadlines.
@@ -113,7 +128,7 @@ pub(crate) fn run<D: Link>(shared: Arc<Shared>, mut device: D) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let timeout = if more_frames {
+        let timeout = if taken == INGRESS_BATCH {
             Some(Duration::ZERO)
         } else {
             deadline.map(|at| until(at, shared.epoch))

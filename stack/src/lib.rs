@@ -19,6 +19,7 @@ mod driver;
 mod error;
 pub mod kernel;
 mod ping;
+mod staged;
 mod table;
 mod tcp;
 mod wait;

@@ -939,12 +939,17 @@ impl StreamInner {
                     return Step::Done(Ok(0));
                 }
                 let socket = sockets.get_mut::<tcp::Socket>(handle);
+                // A buffer that was at least half full had a window small enough that
+                // the read may need a window update (smoltcp sends one when the window
+                // doubles); otherwise the ACKs the driver sends anyway carry the window.
+                let was_full = socket.recv_queue() >= socket.recv_capacity() / 2;
                 if socket.can_recv()
                     && let Ok(n) = socket.recv_slice(buf)
                     && n > 0
                 {
-                    // The window opened: let the driver tell the peer.
-                    shared.wake();
+                    if was_full {
+                        shared.wake();
+                    }
                     return Step::Done(Ok(n));
                 }
                 match socket.state() {
@@ -998,11 +1003,16 @@ impl StreamInner {
             match socket.state() {
                 tcp::State::SynSent | tcp::State::SynReceived => {}
                 tcp::State::Established | tcp::State::CloseWait => {
+                    // With data in flight, its ACKs run the driver, which sends what is
+                    // queued; only a quiet connection needs waking.
+                    let quiet = socket.send_queue() == 0;
                     if let Ok(n) = socket.send_slice(&buf[written..])
                         && n > 0
                     {
                         written += n;
-                        shared.wake();
+                        if quiet {
+                            shared.wake();
+                        }
                     }
                     if written == buf.len() {
                         return Step::Done(Ok(written));

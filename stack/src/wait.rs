@@ -5,6 +5,7 @@
 //! the lock, then sleep until woken, the deadline passes, or the stack stops. The driver
 //! can only wake a registered waker after taking the same lock, so no wake-up is lost.
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Wake, Waker};
@@ -100,9 +101,49 @@ impl WaitList {
         }
     }
 
-    /// Wakes and forgets every waiting call; each re-registers if it blocks again.
+    /// Wakes and forgets every waiting call; each re-registers if it blocks again. On a
+    /// thread that is [`Deferred`], the wake-ups wait until it lets the lock go.
     pub(crate) fn wake_all(&self) {
         let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|e| e.into_inner()));
+        if wakers.is_empty() {
+            return;
+        }
+        let wakers = DEFERRED.with_borrow_mut(|deferred| match deferred {
+            Some(later) => {
+                later.extend(wakers);
+                None
+            }
+            None => Some(wakers),
+        });
+        for waker in wakers.into_iter().flatten() {
+            waker.wake();
+        }
+    }
+}
+
+thread_local! {
+    /// Wake-ups held back on this thread, while it holds the stack's lock.
+    static DEFERRED: RefCell<Option<Vec<Waker>>> = const { RefCell::new(None) };
+}
+
+/// Holds back the wake-ups [`WaitList::wake_all`] makes on this thread until
+/// [`Deferred::wake`]: the driver wakes blocked calls after it lets the lock go, so a
+/// woken call does not at once sleep again, waiting for that lock.
+pub(crate) struct Deferred(());
+
+impl Deferred {
+    pub(crate) fn start() -> Deferred {
+        DEFERRED.with_borrow_mut(|d| d.get_or_insert_with(Vec::new).clear());
+        Deferred(())
+    }
+
+    /// Makes the held-back wake-ups, and stops holding them back.
+    pub(crate) fn wake(self) {}
+}
+
+impl Drop for Deferred {
+    fn drop(&mut self) {
+        let wakers = DEFERRED.with_borrow_mut(|d| d.take()).unwrap_or_default();
         for waker in wakers {
             waker.wake();
         }

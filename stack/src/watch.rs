@@ -440,7 +440,7 @@ impl Segment {
 /// shown to the [`Watch`] on the way. (A `RefCell`, because smoltcp holds a receive
 /// token and its paired transmit token at once, and both report to the watch.)
 pub(crate) struct Watched<'a, D> {
-    pub(crate) device: &'a mut D,
+    pub(crate) device: D,
     pub(crate) watch: &'a RefCell<Watch>,
     pub(crate) now: Instant,
 }
