@@ -960,10 +960,12 @@ impl StreamInner {
                     tcp::State::Closed => {
                         let watch = tcp.watch.borrow();
                         let wire = watch.get(&meta.tuple);
-                        return Step::Done(if wire.is_some_and(|w| w.rst_rx) {
-                            Err(cause::reset())
-                        } else if meta.aborted || wire.is_some_and(|w| w.fin_rx) {
+                        // The peer's FIN came first: the stream ended cleanly, whatever
+                        // followed (a stray RST in TIME-WAIT, RFC 1337).
+                        return Step::Done(if meta.aborted || wire.is_some_and(|w| w.fin_rx) {
                             Ok(0)
+                        } else if wire.is_some_and(|w| w.rst_rx) {
+                            Err(cause::reset())
                         } else {
                             Err(cause::gave_up())
                         });
