@@ -223,11 +223,11 @@ impl Tcp {
     }
 
     pub(crate) fn schedule_keepalive(&mut self, at: Instant) {
-        self.next_ka_scan = Some(self.next_ka_scan.map_or(at, |t| t.min(at)));
+        sooner(&mut self.next_ka_scan, at);
     }
 
     fn schedule_chores(&mut self, at: Instant) {
-        self.next_chores = Some(self.next_chores.map_or(at, |t| t.min(at)));
+        sooner(&mut self.next_chores, at);
     }
 
     /// Whether a connection or listener already uses this local port on `ip`.
@@ -248,34 +248,28 @@ impl Tcp {
         local_ip: Ipv4Addr,
         remote: SocketAddrV4,
     ) -> Option<u16> {
-        let span = EPHEMERAL.end() - EPHEMERAL.start() + 1;
-        for _ in 0..span {
-            let port = self.next_port;
-            self.next_port = if port == *EPHEMERAL.end() {
-                *EPHEMERAL.start()
-            } else {
-                port + 1
-            };
+        self.next_free_port(|tcp, port| {
             let tuple = (SocketAddrV4::new(local_ip, port), remote);
-            let listened = self.listeners.values().any(|l| l.addr.port() == port);
-            if !listened && !self.by_tuple.contains_key(&tuple) {
-                return Some(port);
-            }
-        }
-        None
+            !tcp.listeners.values().any(|l| l.addr.port() == port)
+                && !tcp.by_tuple.contains_key(&tuple)
+        })
     }
 
     /// A free port for a new listener on `ip`.
     pub(crate) fn listen_port(&mut self, ip: Ipv4Addr) -> Option<u16> {
-        let span = EPHEMERAL.end() - EPHEMERAL.start() + 1;
-        for _ in 0..span {
+        self.next_free_port(|tcp, port| !tcp.port_in_use(ip, port))
+    }
+
+    /// The next port of the ephemeral range, in rotation, that `free` accepts.
+    fn next_free_port(&mut self, free: impl Fn(&Tcp, u16) -> bool) -> Option<u16> {
+        for _ in EPHEMERAL {
             let port = self.next_port;
             self.next_port = if port == *EPHEMERAL.end() {
                 *EPHEMERAL.start()
             } else {
                 port + 1
             };
-            if !self.port_in_use(ip, port) {
+            if free(self, port) {
                 return Some(port);
             }
         }
@@ -351,73 +345,65 @@ impl Tcp {
     /// room. The gate then lets through as many SYNs as there are armed sockets and room.
     pub(crate) fn rearm(&mut self, sockets: &mut SocketSet<'static>, now: Instant) {
         let ids: Vec<u64> = self.listeners.keys().copied().collect();
+        let mut half_open = 0;
         for id in ids {
-            self.rearm_one(id, sockets, now);
+            half_open += self.rearm_one(id, sockets, now);
         }
-        // Half-open tuples whose socket went back to LISTEN (an RST) or closed.
-        let alive: std::collections::HashSet<Tuple> = self
-            .listeners
-            .values()
-            .flat_map(|l| &l.pool)
-            .filter_map(|&h| {
-                let socket = sockets.get::<tcp::Socket>(h);
-                Some((v4(socket.local_endpoint()?), v4(socket.remote_endpoint()?)))
-            })
-            .collect();
-        self.watch
-            .get_mut()
-            .prune_half_open(alive.len(), |t| alive.contains(t));
+        // Half-open tuples whose socket went back to LISTEN (an RST) or closed. The set
+        // of live ones is built only when the watch holds more than there are.
+        if self.watch.get_mut().half_open() > half_open {
+            let alive: std::collections::HashSet<Tuple> = self
+                .listeners
+                .values()
+                .flat_map(|l| &l.pool)
+                .filter_map(|&h| {
+                    let socket = sockets.get::<tcp::Socket>(h);
+                    Some((v4(socket.local_endpoint()?), v4(socket.remote_endpoint()?)))
+                })
+                .collect();
+            self.watch.get_mut().prune_half_open(|t| alive.contains(t));
+        }
     }
 
-    fn rearm_one(&mut self, id: u64, sockets: &mut SocketSet<'static>, now: Instant) {
+    /// Re-arms one listener; returns how many of its sockets are half-open.
+    fn rearm_one(&mut self, id: u64, sockets: &mut SocketSet<'static>, now: Instant) -> usize {
         let Some(listener) = self.listeners.get_mut(&id) else {
-            return;
+            return 0;
         };
         let (mut armed, mut half_open) = (0, 0);
         let mut completed = Vec::new();
-        let mut gone = Vec::new();
         listener.pool.retain(|&handle| {
             let socket = sockets.get::<tcp::Socket>(handle);
             match socket.state() {
                 tcp::State::Listen => armed += 1,
                 tcp::State::SynReceived | tcp::State::SynSent => half_open += 1,
-                tcp::State::Closed => gone.push(handle),
-                _ => match (socket.local_endpoint(), socket.remote_endpoint()) {
-                    (Some(local), Some(remote)) => {
-                        completed.push((handle, v4(local), v4(remote), socket.state()))
-                    }
-                    _ => gone.push(handle),
-                },
+                state => {
+                    // Closed (or no longer addressed): freed below with the completed.
+                    let ends = socket.local_endpoint().zip(socket.remote_endpoint());
+                    completed.push((handle, ends.map(|(l, r)| (v4(l), v4(r))), state));
+                    return false;
+                }
             }
-            matches!(
-                socket.state(),
-                tcp::State::Listen | tcp::State::SynReceived | tcp::State::SynSent
-            )
+            true
         });
-        let woke = !completed.is_empty();
         let opts = listener.opts;
-        for (handle, local, remote, state) in completed {
-            listener.ready.push_back(handle);
-            self.conns.insert(
-                handle,
-                ConnMeta::new((local, remote), opts, state.into(), now),
-            );
-            self.by_tuple.insert((local, remote), handle);
-            self.watch.get_mut().track((local, remote), now);
-            if let Some(ka) = opts.keepalive {
-                self.next_ka_scan = Some(
-                    self.next_ka_scan
-                        .map_or(now + ka.idle(), |t| t.min(now + ka.idle())),
-                );
+        let mut ready = Vec::new();
+        for (handle, tuple, state) in completed {
+            match tuple {
+                Some(tuple) if state != tcp::State::Closed => {
+                    self.add_conn(handle, tuple, opts, state.into(), now);
+                    ready.push(handle);
+                }
+                _ => {
+                    sockets.remove(handle);
+                }
             }
-        }
-        for handle in gone {
-            sockets.remove(handle);
         }
         let Some(listener) = self.listeners.get_mut(&id) else {
-            return;
+            return half_open;
         };
-        if woke {
+        if !ready.is_empty() {
+            listener.ready.extend(ready);
             listener.waiters.wake_all();
         }
         let room = listener
@@ -438,6 +424,7 @@ impl Tcp {
         let open = armed.min(room) as u32;
         let (addr, port) = (*listener.addr.ip(), listener.addr.port());
         self.watch.get_mut().set_gate(addr, port, open);
+        half_open
     }
 
     /// Replaces the armed LISTEN sockets of a listener whose options changed, so the next
@@ -514,7 +501,7 @@ impl Tcp {
             } else {
                 due
             };
-            next = Some(next.map_or(at, |t| t.min(at)));
+            sooner(&mut next, at);
         }
         self.next_ka_scan = next;
     }
@@ -561,8 +548,7 @@ impl Tcp {
             meta.since = now;
             meta.warned = false;
             if state == State::CloseWait && !meta.closed {
-                let at = now + self.close_wait_warning;
-                self.next_chores = Some(self.next_chores.map_or(at, |t| t.min(at)));
+                sooner(&mut self.next_chores, now + self.close_wait_warning);
             }
         }
         if meta.opts.keepalive.is_none() {
@@ -626,6 +612,11 @@ impl Tcp {
             }
         }
     }
+}
+
+/// Moves a timer earlier to `at`, or sets it.
+fn sooner(timer: &mut Option<Instant>, at: Instant) {
+    *timer = Some(timer.map_or(at, |t| t.min(at)));
 }
 
 /// An endpoint as the IPv4 socket address it always is on this stack.

@@ -264,16 +264,24 @@ fn earliest(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 
 /// Dials connections with options set before the handshake, as Go's `net.Dialer`.
 ///
-/// ```no_run
-/// # fn main() -> std::io::Result<()> {
-/// # let stack: stack::Stack = unimplemented!();
+/// ```
+/// use netdev::{WireOptions, wire};
+/// use stack::{Stack, StackConfig};
 /// use std::time::Duration;
-/// let conn = stack
+///
+/// let (a, b) = wire(&WireOptions::default())?;
+/// let client = Stack::new(a, StackConfig::new().with_addr("10.0.0.1/24".parse()?))?;
+/// let server = Stack::new(b, StackConfig::new().with_addr("10.0.0.2/24".parse()?))?;
+/// let listener = server.listen("0.0.0.0:80".parse()?)?;
+/// let conn = client
 ///     .dialer()
 ///     .timeout(Duration::from_secs(3))
 ///     .read_buffer(1 << 20)
-///     .dial("10.0.0.1:80".parse().unwrap())?;
-/// # Ok(()) }
+///     .dial("10.0.0.2:80".parse()?)?;
+/// assert_eq!(conn.read_buffer()?, 1 << 20);
+/// let (_accepted, peer) = listener.accept()?;
+/// assert_eq!(peer, conn.local_addr()?);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 #[derive(Clone)]
 pub struct Dialer {

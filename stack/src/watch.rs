@@ -155,12 +155,14 @@ impl Watch {
         self.active = true;
     }
 
-    /// Forgets half-open entries whose listener socket is gone (reset, timed out), when
-    /// there are more of them than the `alive` SYN-RECEIVED sockets the listeners hold.
-    pub(crate) fn prune_half_open(&mut self, count: usize, alive: impl Fn(&Tuple) -> bool) {
-        if self.half_open <= count {
-            return;
-        }
+    /// Entries let in by a gate that are not yet connections.
+    pub(crate) fn half_open(&self) -> usize {
+        self.half_open
+    }
+
+    /// Forgets half-open entries whose listener socket is gone (reset, timed out),
+    /// keeping those `alive` says are still in SYN-RECEIVED.
+    pub(crate) fn prune_half_open(&mut self, alive: impl Fn(&Tuple) -> bool) {
         self.conns
             .retain(|tuple, wire| !wire.half_open || alive(tuple));
         self.half_open = self.conns.values().filter(|w| w.half_open).count();

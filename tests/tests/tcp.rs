@@ -221,9 +221,13 @@ fn wire_echo() -> TestResult {
         "bob's sockets back at baseline",
         || bob.tcp_socket_count() == baseline.1,
     )?;
-    // alice closed second (after bob's FIN): no TIME-WAIT on her side either... she
-    // shut down writing first, so she is the active closer and sits in TIME-WAIT.
-    check!(alice.tcp_socket_count() <= baseline.0 + 1);
+    // Bob closed after alice's FIN (passive close: LAST-ACK, then freed); alice sent
+    // the first FIN, so she holds exactly one socket, in TIME-WAIT.
+    check!(
+        alice.tcp_socket_count() == baseline.0 + 1,
+        "alice holds {} sockets",
+        alice.tcp_socket_count()
+    );
     Ok(())
 }
 
@@ -505,6 +509,16 @@ fn wire_error_kinds() -> TestResult {
     })?;
     let err = (&other).write(b"x").unwrap_err();
     check!(err.kind() == ErrorKind::BrokenPipe, "{err}");
+    // Closing with unread data resets (RFC 2525 §2.17), as Linux does.
+    let third = alice.dial("10.0.0.2:13".parse()?)?;
+    let (unread, _) = listener.accept()?;
+    (&third).write_all(b"never read")?;
+    eventually(Duration::from_secs(2), "the data to arrive", || {
+        unread.info().is_ok_and(|i| i.recv_queue == 10)
+    })?;
+    unread.close()?;
+    let err = (&third).read(&mut buf).unwrap_err();
+    check!(err.kind() == ErrorKind::ConnectionReset, "{err}");
     // Use after close, through a clone.
     let clone = other.try_clone()?;
     other.close()?;
