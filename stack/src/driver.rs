@@ -9,7 +9,9 @@
 //!    it in nanoseconds: smoltcp's own `phy::wait` rounds sub-millisecond waits down to
 //!    zero and spins.
 //! 2. **Drain** ready frames from the device, in batches so a flood cannot starve the
-//!    egress half, then take the lock and let the interface process them.
+//!    egress half, then take the lock and let the interface process them. Data for a
+//!    read that is blocked waiting goes straight to it (`Tcp::hand_off`), so the ACKs
+//!    of step 3 advertise the space it leaves.
 //! 3. **Poll**: let every socket transmit what it has, until none has more.
 //! 4. **Send** what smoltcp wrote, once the lock is let go, and **flush** the device (a
 //!    capture file, for one), then go back to 1.
@@ -86,6 +88,9 @@ pub(crate) fn run<D: Link>(shared: Arc<Shared>, mut device: D) {
                     core.tcp.rearm(&mut core.sockets, wall);
                 }
             }
+            // Data for reads that wait for it goes to them now, so the window of this
+            // pass's ACKs already counts it as read.
+            core.tcp.hand_off(&mut core.sockets);
 
             // 3. Poll: transmit until no socket has more to send.
             core.tcp.before_egress(&mut core.sockets, wall);

@@ -7,6 +7,8 @@
 //!
 //! - [`Tcp::before_ingress`] and [`Tcp::before_egress`] turn smoltcp's one keepalive
 //!   interval into Linux's idle / interval / count (see [`Tcp::keepalive_scan`]).
+//! - [`Tcp::hand_off`], after ingress, moves newly arrived data straight to reads that
+//!   are blocked waiting for it, so the ACKs of the same pass open the window.
 //! - [`Tcp::rearm`], after any frame that reached a listener's port, moves completed
 //!   handshakes to the accept queue and keeps a LISTEN socket armed while the backlog
 //!   has room, so a listening port never resets a SYN it has room for.
@@ -105,6 +107,70 @@ pub(crate) struct ConnMeta {
     pub(crate) state: State,
     pub(crate) since: Instant,
     pub(crate) warned: bool,
+    /// Data the driver took from the socket for a blocked read ([`Tcp::hand_off`]);
+    /// reads return it before anything still in the socket.
+    pub(crate) ahead: Ahead,
+}
+
+/// Received bytes already taken out of smoltcp's buffer for a read that was blocked
+/// waiting for them. A blocked read asks for up to `want` bytes; the driver moves them
+/// here in the pass they arrive, so that pass's ACK advertises the space they leave (as
+/// the kernel copies straight into a sleeping reader's buffer). They are the stream's
+/// next bytes: reads take them first, in order.
+#[derive(Default)]
+pub(crate) struct Ahead {
+    data: Vec<u8>,
+    start: usize,
+    /// The largest blocked read waiting on this connection; 0 when none waits.
+    pub(crate) want: usize,
+}
+
+impl Ahead {
+    /// Bytes waiting to be read.
+    pub(crate) fn len(&self) -> usize {
+        self.data.len() - self.start
+    }
+
+    /// Copies as much as fits into `buf`. Returns how much.
+    pub(crate) fn take(&mut self, buf: &mut [u8]) -> usize {
+        let n = self.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.data[self.start..self.start + n]);
+        self.start += n;
+        if self.start == self.data.len() {
+            self.data.clear();
+            self.start = 0;
+        }
+        n
+    }
+
+    /// Forgets what is waiting (shutdown(Read) discards it).
+    pub(crate) fn discard(&mut self) {
+        self.data.clear();
+        self.start = 0;
+    }
+
+    /// Moves up to `want` bytes out of `socket`, when nothing is already waiting.
+    /// Returns how many.
+    fn fill(&mut self, socket: &mut tcp::Socket) -> usize {
+        let want = std::mem::take(&mut self.want);
+        if self.len() > 0 {
+            return 0;
+        }
+        // smoltcp's buffer is a ring: the bytes may come in two pieces.
+        while self.data.len() < want {
+            let room = want - self.data.len();
+            let data = &mut self.data;
+            match socket.recv(|chunk| {
+                let n = chunk.len().min(room);
+                data.extend_from_slice(&chunk[..n]);
+                (n, n)
+            }) {
+                Ok(n) if n > 0 => {}
+                _ => break,
+            }
+        }
+        self.data.len()
+    }
 }
 
 impl ConnMeta {
@@ -130,6 +196,7 @@ impl ConnMeta {
             state,
             since: now,
             warned: false,
+            ahead: Ahead::default(),
         }
     }
 
@@ -163,6 +230,8 @@ pub(crate) struct Tcp {
     pub(crate) watch: RefCell<Watch>,
     /// Sockets whose keepalive knob was set to the probe interval for this pass.
     ka_armed: Vec<SocketHandle>,
+    /// Connections with a read blocked for data ([`Tcp::hand_off`]).
+    readers: Vec<SocketHandle>,
     next_ka_scan: Option<Instant>,
     next_chores: Option<Instant>,
     close_wait_warning: Duration,
@@ -179,6 +248,7 @@ impl Tcp {
             next_port: *EPHEMERAL.start() + fastrand::u16(..16384),
             watch: RefCell::default(),
             ka_armed: Vec::new(),
+            readers: Vec::new(),
             next_ka_scan: None,
             next_chores: None,
             close_wait_warning,
@@ -446,6 +516,37 @@ impl Tcp {
             });
         }
         self.rearm_one(id, sockets, now);
+    }
+
+    /// A read on `handle` is about to block for up to `want` bytes.
+    pub(crate) fn await_data(&mut self, handle: SocketHandle, want: usize) {
+        if let Some(meta) = self.conns.get_mut(&handle) {
+            if meta.ahead.want == 0 {
+                self.readers.push(handle);
+            }
+            meta.ahead.want = meta.ahead.want.max(want);
+        }
+    }
+
+    /// After ingress: data that arrived for a blocked read moves out of the socket to
+    /// that read ([`Ahead`]), and the read wakes. The space it leaves goes out in the
+    /// window of this pass's ACK, as if the application had read at once; without this,
+    /// the window stayed shut until the reading thread ran and the next pass came.
+    pub(crate) fn hand_off(&mut self, sockets: &mut SocketSet<'static>) {
+        let Tcp { readers, conns, .. } = self;
+        readers.retain(|handle| {
+            let Some(meta) = conns.get_mut(handle).filter(|m| m.ahead.want > 0) else {
+                return false;
+            };
+            let socket = sockets.get_mut::<tcp::Socket>(*handle);
+            if !socket.can_recv() {
+                return true;
+            }
+            if meta.ahead.fill(socket) > 0 {
+                meta.rx.wake_all();
+            }
+            false
+        });
     }
 
     /// Before ingress: sockets whose knob was set to the probe interval go back to

@@ -818,7 +818,7 @@ impl TcpStream {
                 local: SocketAddr::V4(inner.local),
                 peer: SocketAddr::V4(inner.peer),
                 send_queue: socket.send_queue(),
-                recv_queue: socket.recv_queue(),
+                recv_queue: socket.recv_queue() + meta.ahead.len(),
                 read_buffer: meta.opts.read_buffer,
                 write_buffer: meta.opts.write_buffer,
                 recv_window: wire.map_or(0, |w| w.our_window),
@@ -941,10 +941,16 @@ impl StreamInner {
                 }
                 let deadline = earliest(meta.read_deadline, call_deadline);
                 if passed(deadline) {
+                    meta.ahead.want = 0;
                     return Step::Done(Err(cause::timeout()));
                 }
                 if buf.is_empty() {
                     return Step::Done(Ok(0));
+                }
+                // What the driver already took out for a blocked read comes first.
+                if meta.ahead.len() > 0 {
+                    meta.ahead.want = 0;
+                    return Step::Done(Ok(meta.ahead.take(buf)));
                 }
                 let socket = sockets.get_mut::<tcp::Socket>(handle);
                 // A buffer that was at least half full had a window small enough that
@@ -958,6 +964,7 @@ impl StreamInner {
                     if was_full {
                         shared.wake();
                     }
+                    meta.ahead.want = 0;
                     return Step::Done(Ok(n));
                 }
                 match socket.state() {
@@ -982,6 +989,9 @@ impl StreamInner {
                 }
                 meta.rx.add(waker);
                 socket.register_recv_waker(&meta.rx_waker);
+                // The driver hands what arrives straight to this read (Tcp::hand_off).
+                let want = buf.len().min(meta.opts.read_buffer);
+                tcp.await_data(handle, want);
                 Step::Wait(deadline)
             })
             .map_err(|why| self.blocked("read", why))
@@ -1063,6 +1073,7 @@ impl StreamInner {
             let socket = sockets.get_mut::<tcp::Socket>(handle);
             if matches!(how, Shutdown::Read | Shutdown::Both) {
                 meta.read_shut = true;
+                meta.ahead.discard();
                 let _ = socket.recv(|data| (data.len(), ()));
             }
             if matches!(how, Shutdown::Write | Shutdown::Both) {
@@ -1092,7 +1103,8 @@ impl StreamInner {
             let linger = meta.opts.linger;
             let socket = sockets.get_mut::<tcp::Socket>(handle);
             // Unread data, or linger 0: reset (RFC 9293 §3.10.4 ABORT; RFC 2525 §2.17).
-            let abort = linger == Some(Duration::ZERO) || socket.recv_queue() > 0;
+            let unread = socket.recv_queue() + meta.ahead.len();
+            let abort = linger == Some(Duration::ZERO) || unread > 0;
             if abort {
                 socket.abort();
                 meta.aborted = true;

@@ -44,6 +44,10 @@ fn main() {
             wire_give_up,
         ),
         plain("wire::a_stopped_stack_fails_blocked_calls", wire_stop),
+        plain(
+            "wire::reads_that_time_out_lose_no_bytes",
+            wire_timed_out_reads,
+        ),
         root("tap::kernel_echo_through_tapnet_listener", tap_echo),
         root("tap::linger_zero_sends_rst_default_sends_fin", tap_linger),
         root(
@@ -579,6 +583,56 @@ fn wire_stop() -> TestResult {
     check!(acceptor.join().unwrap().is_err());
     check!(start.elapsed() < Duration::from_secs(1));
     check!((&client).write(b"x").is_err());
+    Ok(())
+}
+
+/// A blocked read is handed data by the driver as it arrives (`Tcp::hand_off`); a read
+/// whose deadline passes meanwhile, or a smaller read after it, must still get every
+/// byte, in order. Tiny deadlines, buffer sizes from 1 byte to 96 KiB, and a writer that
+/// pauses, so reads block, get data and time out in every order.
+fn wire_timed_out_reads() -> TestResult {
+    let (alice, bob, _) = wire_pair(config("10.0.0.1/24"), config("10.0.0.2/24"))?;
+    let listener = bob.listen("0.0.0.0:7".parse()?)?;
+    let data = pattern(4 << 20, 7);
+    let conn = alice.dial("10.0.0.2:7".parse()?)?;
+    let writer = {
+        let data = data.clone();
+        std::thread::spawn(move || -> std::io::Result<()> {
+            for (i, piece) in data.chunks(20_000).enumerate() {
+                (&conn).write_all(piece)?;
+                if i % 8 == 0 {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+            }
+            conn.close()
+        })
+    };
+    let (conn, _) = listener.accept()?;
+    let mut got = Vec::with_capacity(data.len());
+    let mut buf = vec![0; 96 << 10];
+    let (mut timeouts, mut reads) = (0, 0u64);
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < give_up {
+        reads += 1;
+        let size = 1 + (reads.wrapping_mul(2_654_435_761) % buf.len() as u64) as usize;
+        let wait = Duration::from_micros(100 + reads % 1500);
+        conn.set_read_deadline(Some(Instant::now() + wait))?;
+        match (&conn).read(&mut buf[..size]) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::TimedOut => timeouts += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    writer.join().unwrap()?;
+    check!(
+        got.len() == data.len(),
+        "{} of {} bytes arrived",
+        got.len(),
+        data.len()
+    );
+    check!(got == data, "the bytes arrived changed or out of order");
+    check!(timeouts > 0, "no read timed out in {reads} reads");
     Ok(())
 }
 
