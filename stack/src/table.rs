@@ -8,7 +8,9 @@
 //! - [`Tcp::before_ingress`] and [`Tcp::before_egress`] turn smoltcp's one keepalive
 //!   interval into Linux's idle / interval / count (see [`Tcp::keepalive_scan`]).
 //! - [`Tcp::hand_off`], after ingress, moves newly arrived data straight to reads that
-//!   are blocked waiting for it, so the ACKs of the same pass open the window.
+//!   are blocked waiting for it, so the ACKs of the same pass open the window, and
+//!   queues the data of writes that are blocked for room as the ACKs make room, so the
+//!   same pass sends it.
 //! - [`Tcp::rearm`], after any frame that reached a listener's port, moves completed
 //!   handshakes to the accept queue and keeps a LISTEN socket armed while the backlog
 //!   has room, so a listening port never resets a SYN it has room for.
@@ -110,6 +112,71 @@ pub(crate) struct ConnMeta {
     /// Data the driver took from the socket for a blocked read ([`Tcp::hand_off`]);
     /// reads return it before anything still in the socket.
     pub(crate) ahead: Ahead,
+    /// The rest of a blocked write, queued by the driver as room appears
+    /// ([`Tcp::hand_off`]).
+    pub(crate) behind: Behind,
+}
+
+/// The part of a blocked write that did not fit in smoltcp's send buffer, copied here so
+/// the driver can queue it the moment ACKs make room, and send it in the same pass,
+/// instead of waking the writing thread and waiting for it to run. The write call stays
+/// blocked until all of it is queued; its count of bytes written moves only as the
+/// driver queues them, so a write that times out reports exactly what was queued.
+#[derive(Default)]
+pub(crate) struct Behind {
+    data: Vec<u8>,
+    start: usize,
+    /// Bytes queued since the owner last looked.
+    queued: usize,
+    /// The write call whose data this is.
+    owner: Option<u64>,
+}
+
+impl Behind {
+    /// Whether write call `call` has data here.
+    pub(crate) fn owned_by(&self, call: u64) -> bool {
+        self.owner == Some(call)
+    }
+
+    /// Whether no write call has data here.
+    pub(crate) fn is_free(&self) -> bool {
+        self.owner.is_none()
+    }
+
+    /// Takes over `data` for write call `call`.
+    pub(crate) fn hold(&mut self, call: u64, data: &[u8]) {
+        self.data.clear();
+        self.data.extend_from_slice(data);
+        self.start = 0;
+        self.queued = 0;
+        self.owner = Some(call);
+    }
+
+    /// Bytes queued for the owner since it last asked; with `done`, whether nothing is
+    /// left to queue.
+    pub(crate) fn take_queued(&mut self) -> (usize, bool) {
+        (
+            std::mem::take(&mut self.queued),
+            self.start == self.data.len(),
+        )
+    }
+
+    /// Gives up what is not queued yet, and frees the slot.
+    pub(crate) fn release(&mut self) {
+        self.data.clear();
+        self.start = 0;
+        self.queued = 0;
+        self.owner = None;
+    }
+
+    /// Queues what fits in `socket`. Returns whether everything is queued.
+    fn feed(&mut self, socket: &mut tcp::Socket) -> bool {
+        if let Ok(n) = socket.send_slice(&self.data[self.start..]) {
+            self.start += n;
+            self.queued += n;
+        }
+        self.start == self.data.len()
+    }
 }
 
 /// Received bytes already taken out of smoltcp's buffer for a read that was blocked
@@ -197,6 +264,7 @@ impl ConnMeta {
             since: now,
             warned: false,
             ahead: Ahead::default(),
+            behind: Behind::default(),
         }
     }
 
@@ -232,6 +300,10 @@ pub(crate) struct Tcp {
     ka_armed: Vec<SocketHandle>,
     /// Connections with a read blocked for data ([`Tcp::hand_off`]).
     readers: Vec<SocketHandle>,
+    /// Connections with a write blocked for room ([`Tcp::hand_off`]).
+    writers: Vec<SocketHandle>,
+    /// Names write calls, for [`Behind`].
+    next_call: u64,
     next_ka_scan: Option<Instant>,
     next_chores: Option<Instant>,
     close_wait_warning: Duration,
@@ -249,6 +321,8 @@ impl Tcp {
             watch: RefCell::default(),
             ka_armed: Vec::new(),
             readers: Vec::new(),
+            writers: Vec::new(),
+            next_call: 0,
             next_ka_scan: None,
             next_chores: None,
             close_wait_warning,
@@ -528,12 +602,45 @@ impl Tcp {
         }
     }
 
-    /// After ingress: data that arrived for a blocked read moves out of the socket to
-    /// that read ([`Ahead`]), and the read wakes. The space it leaves goes out in the
-    /// window of this pass's ACK, as if the application had read at once; without this,
-    /// the window stayed shut until the reading thread ran and the next pass came.
+    /// A name for one write call.
+    pub(crate) fn new_call(&mut self) -> u64 {
+        self.next_call += 1;
+        self.next_call
+    }
+
+    /// Write call `call` on `handle` is about to block with `rest` still to write: the
+    /// driver queues it as room appears, if no other write holds the slot. Returns
+    /// whether it took the data.
+    pub(crate) fn await_room(&mut self, handle: SocketHandle, call: u64, rest: &[u8]) -> bool {
+        let Some(meta) = self.conns.get_mut(&handle) else {
+            return false;
+        };
+        if !meta.behind.is_free() {
+            return meta.behind.owned_by(call);
+        }
+        let n = rest.len().min(meta.opts.write_buffer);
+        meta.behind.hold(call, &rest[..n]);
+        self.writers.push(handle);
+        true
+    }
+
+    /// After ingress, the driver's work for blocked calls, so that the egress of this
+    /// same pass acts on it, as if each application had run at once:
+    ///
+    /// - data that arrived for a blocked read moves out of the socket to that read
+    ///   ([`Ahead`]) and the read wakes; the ACKs advertise the space it leaves;
+    /// - the rest of a blocked write moves into the room the peer's ACKs made
+    ///   ([`Behind`]) and goes out now; the write wakes once all of it is queued.
+    ///
+    /// Without this, the window stayed shut, or the send queue ran dry, until the
+    /// application's thread ran and the next pass came.
     pub(crate) fn hand_off(&mut self, sockets: &mut SocketSet<'static>) {
-        let Tcp { readers, conns, .. } = self;
+        let Tcp {
+            readers,
+            writers,
+            conns,
+            ..
+        } = self;
         readers.retain(|handle| {
             let Some(meta) = conns.get_mut(handle).filter(|m| m.ahead.want > 0) else {
                 return false;
@@ -546,6 +653,20 @@ impl Tcp {
                 meta.rx.wake_all();
             }
             false
+        });
+        writers.retain(|handle| {
+            let Some(meta) = conns.get_mut(handle).filter(|m| !m.behind.is_free()) else {
+                return false;
+            };
+            let socket = sockets.get_mut::<tcp::Socket>(*handle);
+            if !socket.can_send() {
+                return true;
+            }
+            if meta.behind.feed(socket) {
+                meta.tx.wake_all();
+                return false;
+            }
+            true
         });
     }
 

@@ -1002,56 +1002,94 @@ impl StreamInner {
         let shared = self.stack.shared();
         let mut written = 0;
         let mut call_deadline = None;
-        let mut first = true;
+        // Names this call for the driver's hand-off (Tcp::await_room); 0 until the first
+        // attempt.
+        let mut call = 0;
         let result = shared.block_on(|core, waker| {
             let Core { sockets, tcp, .. } = core;
-            let Some(meta) = tcp.conns.get_mut(&handle).filter(|m| !m.closed) else {
-                return Step::Done(Err(cause::closed()));
-            };
-            if meta.write_shut {
-                return Step::Done(Err(cause::broken_pipe()));
-            }
-            if first {
-                first = false;
-                call_deadline = meta.write_timeout.map(|t| Instant::now() + t);
-            }
-            let deadline = earliest(meta.write_deadline, call_deadline);
-            if passed(deadline) {
-                return Step::Done(Err(cause::timeout()));
-            }
-            let socket = sockets.get_mut::<tcp::Socket>(handle);
-            match socket.state() {
-                tcp::State::SynSent | tcp::State::SynReceived => {}
-                tcp::State::Established | tcp::State::CloseWait => {
-                    // With data in flight, its ACKs run the driver, which sends what is
-                    // queued; only a quiet connection needs waking.
-                    let quiet = socket.send_queue() == 0;
-                    if let Ok(n) = socket.send_slice(&buf[written..])
-                        && n > 0
-                    {
-                        written += n;
-                        if quiet {
-                            shared.wake();
+            let step = (|| {
+                let Some(meta) = tcp.conns.get_mut(&handle) else {
+                    return Step::Done(Err(cause::closed()));
+                };
+                // What the driver queued for this call since it last looked.
+                if meta.behind.owned_by(call) {
+                    let (n, done) = meta.behind.take_queued();
+                    written += n;
+                    if done {
+                        meta.behind.release();
+                    }
+                }
+                if meta.closed {
+                    return Step::Done(Err(cause::closed()));
+                }
+                if meta.write_shut {
+                    return Step::Done(Err(cause::broken_pipe()));
+                }
+                if call == 0 {
+                    call_deadline = meta.write_timeout.map(|t| Instant::now() + t);
+                    call = tcp.new_call();
+                }
+                let meta = tcp.conns.get_mut(&handle).expect("looked up above");
+                let deadline = earliest(meta.write_deadline, call_deadline);
+                if passed(deadline) {
+                    return Step::Done(Err(cause::timeout()));
+                }
+                let socket = sockets.get_mut::<tcp::Socket>(handle);
+                let with_driver = meta.behind.owned_by(call);
+                match socket.state() {
+                    tcp::State::SynSent | tcp::State::SynReceived => {}
+                    tcp::State::Established | tcp::State::CloseWait if !with_driver => {
+                        // With data in flight, its ACKs run the driver, which sends what
+                        // is queued; only a quiet connection needs waking.
+                        let quiet = socket.send_queue() == 0;
+                        if let Ok(n) = socket.send_slice(&buf[written..])
+                            && n > 0
+                        {
+                            written += n;
+                            if quiet {
+                                shared.wake();
+                            }
                         }
                     }
-                    if written == buf.len() {
-                        return Step::Done(Ok(written));
+                    tcp::State::Established | tcp::State::CloseWait => {}
+                    tcp::State::Closed => {
+                        let watch = tcp.watch.borrow();
+                        let reset = watch.get(&meta.tuple).is_some_and(|w| w.rst_rx);
+                        return Step::Done(Err(if reset || meta.aborted {
+                            cause::broken_pipe()
+                        } else {
+                            cause::gave_up()
+                        }));
                     }
+                    _ => return Step::Done(Err(cause::broken_pipe())),
                 }
-                tcp::State::Closed => {
-                    let watch = tcp.watch.borrow();
-                    let reset = watch.get(&meta.tuple).is_some_and(|w| w.rst_rx);
-                    return Step::Done(Err(if reset || meta.aborted {
-                        cause::broken_pipe()
-                    } else {
-                        cause::gave_up()
-                    }));
+                if written == buf.len() {
+                    return Step::Done(Ok(written));
                 }
-                _ => return Step::Done(Err(cause::broken_pipe())),
+                meta.tx.add(waker);
+                let handed = with_driver
+                    || socket.may_send() && tcp.await_room(handle, call, &buf[written..]);
+                let meta = tcp.conns.get_mut(&handle).expect("looked up above");
+                if handed {
+                    // The driver queues the rest as ACKs make room, and wakes this call
+                    // when it is all queued. smoltcp's wake for each ACK is not needed;
+                    // its wake for a change of state (a reset, a give-up) is, and comes
+                    // through the receive side's waker, which also fires on state changes.
+                    meta.rx.add(waker);
+                    socket.register_recv_waker(&meta.rx_waker);
+                } else {
+                    socket.register_send_waker(&meta.tx_waker);
+                }
+                Step::Wait(deadline)
+            })();
+            if let Step::Done(_) = step
+                && let Some(meta) = tcp.conns.get_mut(&handle)
+                && meta.behind.owned_by(call)
+            {
+                // Finished, well or not: what the driver has not queued stays unwritten.
+                meta.behind.release();
             }
-            meta.tx.add(waker);
-            socket.register_send_waker(&meta.tx_waker);
-            Step::Wait(deadline)
+            step
         });
         match result {
             Ok(n) => Ok(n),

@@ -48,6 +48,10 @@ fn main() {
             "wire::reads_that_time_out_lose_no_bytes",
             wire_timed_out_reads,
         ),
+        plain(
+            "wire::writes_that_time_out_report_exactly_what_was_sent",
+            wire_timed_out_writes,
+        ),
         root("tap::kernel_echo_through_tapnet_listener", tap_echo),
         root("tap::linger_zero_sends_rst_default_sends_fin", tap_linger),
         root(
@@ -633,6 +637,70 @@ fn wire_timed_out_reads() -> TestResult {
     );
     check!(got == data, "the bytes arrived changed or out of order");
     check!(timeouts > 0, "no read timed out in {reads} reads");
+    Ok(())
+}
+
+/// The rest of a blocked write is queued by the driver as ACKs make room
+/// (`Tcp::hand_off`); a write whose deadline passes meanwhile reports exactly the bytes
+/// that were queued. The writer advances by what each call reports, through sizes from
+/// 1 byte to 300 KiB (beyond the 64 KiB buffer) with sub-millisecond deadlines, against
+/// a reader that pauses; the reader must get exactly that prefix of the data, in order.
+fn wire_timed_out_writes() -> TestResult {
+    let small = |addr| config(addr).with_buffers(64 << 10, 64 << 10);
+    let (alice, bob, _) = wire_pair(small("10.0.0.1/24"), small("10.0.0.2/24"))?;
+    let listener = bob.listen("0.0.0.0:7".parse()?)?;
+    let conn = alice.dial("10.0.0.2:7".parse()?)?;
+    let (server, _) = listener.accept()?;
+    let reader = std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+        let mut got = Vec::new();
+        let mut buf = vec![0; 50_000];
+        loop {
+            match (&server).read(&mut buf)? {
+                0 => return Ok(got),
+                n => got.extend_from_slice(&buf[..n]),
+            }
+            if got.len() % 7 == 0 {
+                std::thread::sleep(Duration::from_millis(3));
+            }
+        }
+    });
+    let data = pattern(6 << 20, 9);
+    let (mut sent, mut timeouts, mut partial, mut calls) = (0, 0, 0, 0u64);
+    let give_up = Instant::now() + Duration::from_secs(30);
+    while sent < data.len() && Instant::now() < give_up {
+        calls += 1;
+        let size = 1 + (calls.wrapping_mul(2_654_435_761) % (300 << 10)) as usize;
+        let piece = &data[sent..data.len().min(sent + size)];
+        let wait = Duration::from_micros(100 + calls % 1500);
+        conn.set_write_deadline(Some(Instant::now() + wait))?;
+        match (&conn).write(piece) {
+            Ok(n) => {
+                check!(
+                    n > 0 && n <= piece.len(),
+                    "write of {} said {n}",
+                    piece.len()
+                );
+                partial += usize::from(n < piece.len());
+                sent += n;
+            }
+            Err(e) if e.kind() == ErrorKind::TimedOut => timeouts += 1,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    conn.set_write_deadline(None)?;
+    conn.close()?;
+    let got = reader.join().unwrap()?;
+    check!(sent == data.len(), "sent {sent} of {} in 30 s", data.len());
+    check!(
+        got.len() == sent,
+        "the writer reported {sent} bytes, the reader got {}",
+        got.len()
+    );
+    check!(got == data, "the bytes arrived changed or out of order");
+    check!(
+        partial > 0 && timeouts > 0,
+        "{partial} partial writes, {timeouts} timeouts in {calls} calls"
+    );
     Ok(())
 }
 
