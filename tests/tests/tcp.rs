@@ -52,6 +52,7 @@ fn main() {
             "wire::writes_that_time_out_report_exactly_what_was_sent",
             wire_timed_out_writes,
         ),
+        plain("wire::accept_deadlines", wire_accept_deadlines),
         root("tap::kernel_echo_through_tapnet_listener", tap_echo),
         root("tap::linger_zero_sends_rst_default_sends_fin", tap_linger),
         root(
@@ -701,6 +702,58 @@ fn wire_timed_out_writes() -> TestResult {
         partial > 0 && timeouts > 0,
         "{partial} partial writes, {timeouts} timeouts in {calls} calls"
     );
+    Ok(())
+}
+
+/// Accept with a timeout, and a listener deadline that applies to an accept already
+/// blocked: moved nearer, it fails that accept at the new time; cleared, accept works.
+fn wire_accept_deadlines() -> TestResult {
+    let (alice, bob, _) = wire_pair(config("10.0.0.1/24"), config("10.0.0.2/24"))?;
+    let listener = bob.listen("0.0.0.0:7".parse()?)?;
+    let start = Instant::now();
+    let err = listener
+        .accept_timeout(Duration::from_millis(100))
+        .err()
+        .ok_or("accept_timeout without a client returned a connection")?;
+    let took = start.elapsed();
+    check!(err.kind() == ErrorKind::TimedOut, "{err}");
+    check!(
+        err.to_string() == "accept tcp 0.0.0.0:7: i/o timeout",
+        "message: {err}"
+    );
+    check!(
+        took >= Duration::from_millis(100) && took < Duration::from_secs(2),
+        "accept_timeout(100 ms) took {took:?}"
+    );
+
+    // An accept blocked with no deadline; the deadline set from another thread ends it.
+    let blocked = {
+        let listener = listener.try_clone()?;
+        std::thread::spawn(move || {
+            let start = Instant::now();
+            (listener.accept().map(|_| ()), start.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(100));
+    listener.set_deadline(Some(Instant::now() + Duration::from_millis(50)))?;
+    let (result, took) = blocked.join().unwrap();
+    let err = result
+        .err()
+        .ok_or("the blocked accept returned a connection")?;
+    check!(err.kind() == ErrorKind::TimedOut, "{err}");
+    check!(
+        took >= Duration::from_millis(150) && took < Duration::from_secs(2),
+        "the blocked accept ended after {took:?}"
+    );
+
+    // A deadline in the past fails at once; cleared, accept takes the next client.
+    listener.set_deadline(Some(Instant::now() - Duration::from_millis(1)))?;
+    let conn = alice.dial("10.0.0.2:7".parse()?)?;
+    let err = listener.accept().err().ok_or("accept past its deadline")?;
+    check!(err.kind() == ErrorKind::TimedOut, "{err}");
+    listener.set_deadline(None)?;
+    let (_, peer) = listener.accept_timeout(Duration::from_secs(5))?;
+    check!(peer == conn.local_addr()?, "accepted {peer}");
     Ok(())
 }
 
