@@ -9,8 +9,17 @@ macro_rules! say {
     ($($arg:tt)*) => { $crate::say(format_args!($($arg)*)) };
 }
 
+mod bulk;
 mod demo;
 mod device;
+mod echo;
+mod get;
+mod http;
+mod monitor;
+mod net;
+mod ping;
+mod proxy;
+mod tlv;
 mod up;
 
 use std::io::Write;
@@ -33,6 +42,28 @@ enum Command {
     Up(up::UpArgs),
     /// Two stacks on an in-memory wire, one pinging the other (no root needed)
     Demo(demo::DemoArgs),
+    /// Echo every byte back to each client, many at once
+    Echo(echo::Opts),
+    /// Serve the type-length-value protocol: decode, print and echo each message
+    #[command(name = "tlv-server")]
+    TlvServer(tlv::ServerOpts),
+    /// Send type-length-value messages and check the echoes
+    #[command(name = "tlv-client")]
+    TlvClient(tlv::ClientOpts),
+    /// Relay connections to an upstream, both ways, half-close included
+    Proxy(proxy::Opts),
+    /// An echo server that logs every chunk read and written
+    Monitor(monitor::Opts),
+    /// TCP ping: time the handshake to HOST:PORT
+    Ping(ping::Opts),
+    /// A static HTTP/1.1 file server
+    Http(http::Opts),
+    /// Fetch a URL over HTTP/1.1
+    Get(get::Opts),
+    /// Receive bulk data and report its rate, checking the pattern
+    Sink(bulk::SinkOpts),
+    /// Send bulk data (a checkable pattern) to a sink
+    Source(bulk::SourceOpts),
 }
 
 fn main() -> ExitCode {
@@ -44,6 +75,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Up(args) => up::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Echo(args) => echo::run(args),
+        Command::TlvServer(args) => tlv::run_server(args),
+        Command::TlvClient(args) => tlv::run_client(args),
+        Command::Proxy(args) => proxy::run(args),
+        Command::Monitor(args) => monitor::run(args),
+        Command::Ping(args) => ping::run(args),
+        Command::Http(args) => http::run(args),
+        Command::Get(args) => get::run(args),
+        Command::Sink(args) => bulk::run_sink(args),
+        Command::Source(args) => bulk::run_source(args),
     };
     match result {
         Ok(code) => code,

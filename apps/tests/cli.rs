@@ -28,6 +28,22 @@ fn main() {
     ])
 }
 
+/// Every subcommand.
+const APPS: &[&str] = &[
+    "up",
+    "demo",
+    "echo",
+    "tlv-server",
+    "tlv-client",
+    "proxy",
+    "monitor",
+    "ping",
+    "http",
+    "get",
+    "sink",
+    "source",
+];
+
 fn tapnet(args: &[&str]) -> Result<(i32, String, String), tapnet_tests::Failed> {
     let out = run(Command::new(TAPNET).args(args), Duration::from_secs(30))?;
     Ok((
@@ -81,14 +97,25 @@ fn demo_seeded() -> TestResult {
 }
 
 fn help() -> TestResult {
-    for args in [
-        &["--help"][..],
-        &["up", "--help"],
-        &["demo", "--help"],
-        &["--version"],
-    ] {
+    for args in [&["--help"][..], &["--version"]] {
         let (code, out, err) = tapnet(args)?;
         check!(code == 0 && !out.is_empty(), "{args:?}: exit {code} {err}");
+    }
+    let (_, top, _) = tapnet(&["--help"])?;
+    for app in APPS {
+        check!(top.contains(app), "--help does not list {app}:\n{top}");
+        let (code, out, err) = tapnet(&[app, "--help"])?;
+        check!(
+            code == 0 && out.contains("Usage: tapnet"),
+            "{app} --help: exit {code} {err}"
+        );
+        if !matches!(*app, "up" | "demo") {
+            // Every app runs on tapnet or, the same code, on the kernel.
+            check!(
+                out.contains("--kernel") && out.contains("--tap"),
+                "{app} --help lacks --kernel or --tap:\n{out}"
+            );
+        }
     }
     let (_, out, _) = tapnet(&["up", "--help"])?;
     for option in [
@@ -130,6 +157,18 @@ fn bad_flags() -> TestResult {
         (&["demo", "--delay", "soon"], "--delay"),
         (&["demo", "--rate", "fast"], "--rate"),
         (&["demo", "-c", "0"], "--count"),
+        (&["echo", "--port", "70000"], "70000"),
+        (&["monitor", "--port", "-1"], "-1"),
+        (&["tlv-server", "--port", "x"], "--port"),
+        (&["sink", "--port", "65536"], "65536"),
+        (&["http", "--port", "http"], "--port"),
+        (&["proxy", "--listen", "8080"], "--to"),
+        (&["ping"], "required"),
+        (&["ping", "10.0.0.1"], "10.0.0.1"),
+        (&["get"], "required"),
+        (&["source"], "required"),
+        (&["tlv-client"], "required"),
+        (&["echo", "--kernel", "--loss", "5"], "--loss"),
     ];
     for (args, why) in cases {
         let (code, _, err) = tapnet(args)?;

@@ -15,7 +15,7 @@
 //! libtest-mimic). Without root, root tests are reported as ignored, and a banner counts
 //! them; with `TAPNET_REQUIRE_ROOT=1` set (CI sets it) they fail instead.
 
-use std::io;
+use std::io::{self, Read};
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Output, Stdio};
 use std::thread;
@@ -119,25 +119,52 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output, Failed> {
     wait_bounded(child, timeout).map_err(|e| format!("{cmd:?}: {e}").into())
 }
 
-/// Waits for `child` for at most `timeout`, then kills it. Output is collected either way.
+/// Waits for `child` for at most `timeout`, then kills it. Output is collected either way,
+/// by threads that drain the pipes meanwhile, so a child that prints more than a pipe
+/// holds does not stall.
 pub fn wait_bounded(mut child: Child, timeout: Duration) -> io::Result<Output> {
+    fn drain(pipe: Option<impl Read + Send + 'static>) -> thread::JoinHandle<Vec<u8>> {
+        thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut out);
+            }
+            out
+        })
+    }
+    let stdout = drain(child.stdout.take());
+    let stderr = drain(child.stderr.take());
     let deadline = Instant::now() + timeout;
-    while child.try_wait()?.is_none() {
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
         if Instant::now() >= deadline {
+            timed_out = true;
             child.kill()?;
-            let out = child.wait_with_output()?;
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!(
-                    "still running after {timeout:?}, killed; stdout: {} stderr: {}",
-                    String::from_utf8_lossy(&out.stdout),
-                    String::from_utf8_lossy(&out.stderr)
-                ),
-            ));
+            break child.wait()?;
         }
         thread::sleep(Duration::from_millis(10));
+    };
+    // A grandchild holding the pipes open would keep the drains going; they end when it
+    // does. The child itself has exited here.
+    let out = Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    };
+    if timed_out {
+        return Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "still running after {timeout:?}, killed; stdout: {} stderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        ));
     }
-    child.wait_with_output()
+    Ok(out)
 }
 
 /// Polls `cond` every 10 ms until it holds or `timeout` passes.
