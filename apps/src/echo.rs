@@ -10,7 +10,6 @@
 //! The echo loop and the open/close lines are shared with `tapnet monitor`, which is this
 //! server with every chunk logged.
 
-use std::any::Any;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr};
 use std::process::ExitCode;
@@ -108,7 +107,6 @@ pub(crate) fn serve_once<L: Listener + 'static>(
     };
     // No one else is served: later SYNs are refused rather than left waiting.
     let _ = listener.close();
-    linger_before_exit(&conn);
     let stopper = conn.try_clone()?;
     ctx.on_stop(move || {
         let _ = stopper.close();
@@ -120,22 +118,6 @@ pub(crate) fn serve_once<L: Listener + 'static>(
             eprintln!("tapnet echo: {e}");
             Ok(ExitCode::FAILURE)
         }
-    }
-}
-
-/// How long closing the `--once` connection waits for the last echo to be acknowledged.
-const ONCE_LINGER: Duration = Duration::from_secs(5);
-
-/// The process ends right after the `--once` connection closes, and a tapnet stack ends
-/// with it, unlike the kernel, which delivers what is queued after the process is gone.
-/// So on tapnet, close waits (bounded) until the last echo and the FIN are acknowledged.
-/// The `Conn` trait has no linger (it is a TCP knob, on the concrete type, as in Go), so
-/// it is set where the connection is a tapnet one.
-fn linger_before_exit<C: Conn + 'static>(conn: &C) {
-    if let Some(tapnet) = (conn as &dyn Any).downcast_ref::<stack::TcpStream>()
-        && let Err(e) = tapnet.set_linger(Some(ONCE_LINGER))
-    {
-        log::warn!("{e}");
     }
 }
 

@@ -9,6 +9,7 @@ macro_rules! say {
     ($($arg:tt)*) => { $crate::say(format_args!($($arg)*)) };
 }
 
+mod args;
 mod bulk;
 mod demo;
 mod device;

@@ -7,13 +7,15 @@
 //!
 //! SIGINT and SIGTERM ask the app to stop ([`Ctx::stopping`], [`Ctx::on_stop`]): a
 //! server closes its listener and returns, `ping` prints its summary. A second signal
-//! ends the process at once. After the app returns, the stack is stopped, which
-//! completes a `--pcap` file.
+//! ends the process at once. After the app returns, its closed connections get a few
+//! seconds to deliver what they hold ([`stack::Stack::settle`]); then the stack is
+//! stopped, which completes a `--pcap` file.
 
 use std::io;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use clap::Args;
 use netdev::{Tap, TapOptions};
@@ -28,6 +30,9 @@ use crate::device::DeviceArgs;
 pub const DEFAULT_TAP: &str = "tap0";
 /// The address tapnet takes when no `--addr` is given.
 pub const DEFAULT_ADDR: &str = "10.0.0.2/24";
+
+/// How long an app's end waits for its closed connections to deliver what they hold.
+const SETTLE_LIMIT: Duration = Duration::from_secs(5);
 
 /// Where an app runs: the device options, or `--kernel`.
 #[derive(Args, Debug, Clone)]
@@ -87,6 +92,11 @@ pub fn run<A: App>(args: &NetArgs, app: A) -> io::Result<ExitCode> {
     }
     let stack = args.open_stack()?;
     let result = app.run(stack.clone(), &ctx, &args.describe(Some(&stack)));
+    // What the app closed may still be on its way: deliver it (bounded) before the stack
+    // ends with the process, as the kernel would after the process is gone.
+    if !stack.settle(SETTLE_LIMIT) {
+        log::warn!("stopping with data not yet acknowledged by a peer");
+    }
     // Stopping joins the driver, which drops the device and completes a pcap file.
     stack.stop();
     result

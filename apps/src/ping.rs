@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use clap::Args;
 use stack::{Conn, Network};
 
+use crate::args;
 use crate::net::{self, App, Ctx, NetArgs};
-use crate::proxy::{parse_seconds, parse_target, parse_timeout};
 
 /// How often a wait looks whether it was asked to stop.
 const STEP: Duration = Duration::from_millis(20);
@@ -37,16 +37,16 @@ Example (as root): ping a kernel service from tapnet
   tapnet ping 10.0.0.1:8000 -c 3 -i 0.2 --tap tap0")]
 pub struct Opts {
     /// Where to connect, as IP:PORT
-    #[arg(value_name = "HOST:PORT", value_parser = parse_target)]
+    #[arg(value_name = "HOST:PORT", value_parser = args::target)]
     pub target: SocketAddr,
     /// Attempts to make; 0 pings until interrupted
     #[arg(short = 'c', long, default_value_t = 4)]
     pub count: u64,
     /// Time between attempts, e.g. 1s, 200ms or 0.5
-    #[arg(short = 'i', long, value_name = "TIME", default_value = "1s", value_parser = parse_seconds)]
+    #[arg(short = 'i', long, value_name = "TIME", default_value = "1s", value_parser = args::seconds)]
     pub interval: Duration,
     /// How long each handshake may take before the attempt counts as timed out
-    #[arg(short = 'W', long, value_name = "TIME", default_value = "5s", value_parser = parse_timeout)]
+    #[arg(short = 'W', long, value_name = "TIME", default_value = "5s", value_parser = args::timeout)]
     pub timeout: Duration,
     #[command(flatten)]
     pub net: NetArgs,

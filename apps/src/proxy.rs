@@ -24,6 +24,7 @@ use clap::Args;
 use stack::kernel::Kernel;
 use stack::{Conn, Network};
 
+use crate::args;
 use crate::net::{self, App, Ctx, NetArgs};
 
 /// Options of `tapnet proxy`.
@@ -44,14 +45,14 @@ pub struct Opts {
     #[arg(long, value_name = "PORT", value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// Upstream to relay each client to, as IP:PORT
-    #[arg(long, value_name = "HOST:PORT", value_parser = parse_target)]
+    #[arg(long, value_name = "HOST:PORT", value_parser = args::target)]
     pub to: SocketAddr,
     /// Dial the upstream through the kernel's sockets rather than the network the
     /// proxy runs on (bridges tapnet to the host's real services)
     #[arg(long)]
     pub to_kernel: bool,
     /// How long to wait for the upstream to answer, e.g. 5s
-    #[arg(long, value_name = "TIME", default_value = "10s", value_parser = parse_timeout)]
+    #[arg(long, value_name = "TIME", default_value = "10s", value_parser = args::timeout)]
     pub dial_timeout: Duration,
     #[command(flatten)]
     pub net: NetArgs,
@@ -235,37 +236,6 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
         .map_err(|_| format!("{s:?} is not a port (0-65535) or ADDR:PORT"))
 }
 
-/// Parses an upstream: IP:PORT, or localhost:PORT.
-pub(crate) fn parse_target(s: &str) -> Result<SocketAddr, String> {
-    if let Some(port) = s.strip_prefix("localhost:")
-        && let Ok(port) = port.parse::<u16>()
-    {
-        return Ok(SocketAddr::from((Ipv4Addr::LOCALHOST, port)));
-    }
-    s.parse::<SocketAddr>().map_err(|_| {
-        format!("{s:?} is not IP:PORT (tapnet has no name resolver), such as 10.0.0.1:80")
-    })
-}
-
-/// Parses a timeout: a duration with a unit, or a bare number of seconds; not zero.
-pub(crate) fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let d = parse_seconds(s)?;
-    if d.is_zero() {
-        return Err(format!("{s:?}: a timeout must be longer than 0"));
-    }
-    Ok(d)
-}
-
-/// Parses a duration such as `1s`, `200ms` or a bare number of seconds (`0.5`).
-pub(crate) fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let t = s.trim();
-    if t.ends_with(|c: char| c.is_ascii_digit() || c == '.') {
-        netdev::parse_duration(&format!("{t}s"))
-    } else {
-        netdev::parse_duration(t)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,30 +249,5 @@ mod tests {
         );
         assert!(parse_listen("70000").is_err());
         assert!(parse_listen("http").is_err());
-    }
-
-    #[test]
-    fn targets_are_ip_and_port() {
-        assert_eq!(
-            parse_target("10.0.0.1:80"),
-            Ok("10.0.0.1:80".parse().unwrap())
-        );
-        assert_eq!(
-            parse_target("localhost:7"),
-            Ok("127.0.0.1:7".parse().unwrap())
-        );
-        assert!(parse_target("10.0.0.1").unwrap_err().contains("10.0.0.1"));
-        assert!(parse_target("example.com:80").is_err());
-    }
-
-    #[test]
-    fn durations_default_to_seconds() {
-        assert_eq!(parse_seconds("0.5"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_seconds("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_seconds("200ms"), Ok(Duration::from_millis(200)));
-        assert_eq!(parse_seconds("1s"), Ok(Duration::from_secs(1)));
-        assert!(parse_seconds("-1").is_err());
-        assert!(parse_seconds("soon").is_err());
-        assert!(parse_timeout("0").is_err());
     }
 }

@@ -41,6 +41,7 @@ use std::time::{Duration, Instant};
 use clap::{ArgGroup, ArgMatches, Args, FromArgMatches};
 use stack::{Conn, Network};
 
+use crate::args;
 use crate::net::{self, App, Ctx, NetArgs};
 
 /// The type byte of a [`Payload::Binary`].
@@ -285,22 +286,10 @@ fn read_full<R: Read + ?Sized>(r: &mut R, buf: &mut [u8]) -> io::Result<usize> {
     Ok(filled)
 }
 
-/// Parses a payload limit: bytes, or with a K, M or G suffix (powers of 1024).
-fn parse_size(s: &str) -> Result<u32, String> {
-    let text = s.trim();
-    let (number, scale) = match text.char_indices().last() {
-        Some((i, 'k' | 'K')) => (&text[..i], 1u64 << 10),
-        Some((i, 'm' | 'M')) => (&text[..i], 1 << 20),
-        Some((i, 'g' | 'G')) => (&text[..i], 1 << 30),
-        _ => (text, 1),
-    };
-    let n: u64 = number
-        .trim()
-        .parse()
-        .map_err(|_| format!("invalid size {s:?}: expected bytes, such as 1048576, 64K or 10M"))?;
-    n.checked_mul(scale)
-        .and_then(|b| u32::try_from(b).ok())
-        .ok_or_else(|| format!("size {s:?} is over the 4-byte length's limit of 4294967295"))
+/// Parses a payload limit: a size (see [`args::size`]) that fits the 4-byte length.
+fn parse_limit(s: &str) -> Result<u32, String> {
+    u32::try_from(args::size(s)?)
+        .map_err(|_| format!("size {s:?} is over the 4-byte length's limit of 4294967295"))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -324,7 +313,7 @@ pub struct ServerOpts {
     pub port: u16,
     /// The largest payload accepted, in bytes (suffixes K, M, G: powers of 1024); a
     /// header declaring more closes the connection
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_PAYLOAD, value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_PAYLOAD, value_parser = parse_limit)]
     pub max_payload: u32,
     #[command(flatten)]
     pub net: NetArgs,
@@ -433,19 +422,6 @@ fn parse_hex(s: &str) -> Result<Hex, String> {
         .map(Hex)
 }
 
-/// Parses `--timeout`: seconds as a bare number, or with a unit (`500ms`, `1.5s`).
-fn parse_timeout(s: &str) -> Result<Duration, String> {
-    let t = match s.trim().parse::<f64>() {
-        Ok(secs) if secs.is_finite() && secs > 0.0 && secs <= 1e9 => Duration::from_secs_f64(secs),
-        Ok(_) => return Err(format!("timeout {s:?} must be above 0 seconds")),
-        Err(_) => netdev::parse_duration(s)?,
-    };
-    if t.is_zero() {
-        return Err(format!("timeout {s:?} must be above 0 seconds"));
-    }
-    Ok(t)
-}
-
 /// The flags as clap sees them; [`ClientOpts`] puts the messages back in order.
 #[derive(Args, Debug)]
 #[command(group(ArgGroup::new("message").args(["strings", "binaries", "files"]).required(true).multiple(true)))]
@@ -460,7 +436,7 @@ and compared. Exit status: 0 if every echo matched, 1 otherwise."
 )]
 struct ClientFlags {
     /// The server, as IPv4:PORT
-    #[arg(value_name = "HOST:PORT")]
+    #[arg(value_name = "HOST:PORT", value_parser = args::target)]
     target: SocketAddr,
     /// Send S as a String message (may be repeated)
     #[arg(long = "string", value_name = "S")]
@@ -474,11 +450,11 @@ struct ClientFlags {
     files: Vec<PathBuf>,
     /// The largest payload sent or accepted back, in bytes (suffixes K, M, G: powers of
     /// 1024)
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_PAYLOAD, value_parser = parse_size)]
+    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_MAX_PAYLOAD, value_parser = parse_limit)]
     max_payload: u32,
     /// How long to wait for the connection, and for each message's echo (a bare number
     /// is seconds; units: ms, s)
-    #[arg(long, value_name = "TIME", default_value = "10", value_parser = parse_timeout)]
+    #[arg(long, value_name = "TIME", default_value = "10", value_parser = args::timeout)]
     timeout: Duration,
     #[command(flatten)]
     net: NetArgs,
@@ -882,16 +858,7 @@ mod tests {
         assert!(parse_hex("abc").unwrap_err().contains("odd number"));
         assert!(parse_hex("zz").unwrap_err().contains("not hex"));
         assert!(parse_hex("é1").is_err());
-        assert_eq!(parse_size("100"), Ok(100));
-        assert_eq!(parse_size("64K"), Ok(65536));
-        assert_eq!(parse_size("10M"), Ok(10 << 20));
-        assert_eq!(parse_size("1g"), Ok(1 << 30));
-        assert!(parse_size("4G").is_err());
-        assert!(parse_size("ten").is_err());
-        assert_eq!(parse_timeout("2"), Ok(Duration::from_secs(2)));
-        assert_eq!(parse_timeout("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_timeout("0").is_err());
-        assert!(parse_timeout("-1").is_err());
-        assert!(parse_timeout("soon").is_err());
+        assert_eq!(parse_limit("10M"), Ok(10 << 20));
+        assert!(parse_limit("4G").is_err());
     }
 }

@@ -6,13 +6,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
-use std::process::Command;
 use std::time::Duration;
 
-use common::{App, TAPNET};
-use tapnet_tests::{
-    Failed, TestResult, check, eventually, in_netns, ip, kernel_side_up, plain, root, run,
-};
+use common::{App, tapnet_within};
+use tapnet_tests::{TestResult, check, eventually, in_netns, plain, root};
 
 /// What a clean transfer sends: 64 MiB.
 const CLEAN: (&str, u64) = ("64M", 64 << 20);
@@ -56,15 +53,6 @@ fn pattern_byte(i: u64) -> u8 {
     (z ^ (z >> 31)).to_le_bytes()[(i % 8) as usize]
 }
 
-fn tapnet(args: &[&str], timeout: Duration) -> Result<(i32, String, String), Failed> {
-    let out = run(Command::new(TAPNET).args(args), timeout)?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
-
 /// Waits until the kernel, in this thread's namespace, listens on TCP `port`. (Probing
 /// with a connection would use up a `--once` sink.)
 fn wait_kernel_listening(port: u16) -> TestResult {
@@ -91,13 +79,13 @@ fn transfer_line(out: &str, bytes: u64) -> Option<&str> {
 
 fn help_and_bad_values() -> TestResult {
     for cmd in ["sink", "source"] {
-        let (code, out, err) = tapnet(&[cmd, "--help"], Duration::from_secs(10))?;
+        let (code, out, err) = tapnet_within(&[cmd, "--help"], Duration::from_secs(10))?;
         check!(code == 0, "{cmd} --help: exit {code}: {err}");
         for want in ["--kernel", "--tap", "--corrupt", "Example"] {
             check!(out.contains(want), "{cmd} --help lacks {want:?}:\n{out}");
         }
     }
-    let (_, out, _) = tapnet(&["source", "--help"], Duration::from_secs(10))?;
+    let (_, out, _) = tapnet_within(&["source", "--help"], Duration::from_secs(10))?;
     for want in ["--bytes", "--time", "--chunk", "100 MiB", "powers of 1024"] {
         check!(out.contains(want), "source --help lacks {want:?}:\n{out}");
     }
@@ -114,12 +102,12 @@ fn help_and_bad_values() -> TestResult {
             &["source", to, "--bytes", "1M", "--time", "1"],
             "cannot be used",
         ),
-        (&["source", "somewhere"], "invalid socket address"),
+        (&["source", "somewhere"], "not IP:PORT"),
         (&["source"], "HOST:PORT"),
         (&["sink", "--port", "70000"], "70000"),
     ];
     for (args, why) in cases {
-        let (code, _, err) = tapnet(args, Duration::from_secs(10))?;
+        let (code, _, err) = tapnet_within(args, Duration::from_secs(10))?;
         check!(code == 2, "{args:?}: exit {code}, not 2; stderr: {err}");
         check!(err.contains(why), "{args:?}: stderr lacks {why:?}: {err}");
         check!(!err.contains("panicked"), "{args:?} panicked: {err}");
@@ -135,7 +123,7 @@ fn sink_on_tapnet((size, bytes): (&str, u64), impair: &[&str]) -> TestResult {
         args.extend(impair);
         let sink = App::on_tap(&args)?;
         sink.wait_listening("10.0.0.2:5001".parse()?)?;
-        let (code, out, err) = tapnet(
+        let (code, out, err) = tapnet_within(
             &["source", "--kernel", "10.0.0.2:5001", "--bytes", size],
             Duration::from_secs(120),
         )?;
@@ -164,8 +152,7 @@ fn sink_on_tapnet((size, bytes): (&str, u64), impair: &[&str]) -> TestResult {
 /// (with `impair` options) sends it `size`.
 fn source_on_tapnet((size, bytes): (&str, u64), impair: &[&str]) -> TestResult {
     in_netns(|| {
-        ip(&["tuntap", "add", "dev", "tap0", "mode", "tap"])?;
-        kernel_side_up("tap0")?;
+        common::tap_up()?;
         let sink = App::spawn(&["sink", "--kernel", "--once"])?;
         wait_kernel_listening(5001)?;
         let mut args = vec![
@@ -179,7 +166,7 @@ fn source_on_tapnet((size, bytes): (&str, u64), impair: &[&str]) -> TestResult {
             size,
         ];
         args.extend(impair);
-        let (code, out, err) = tapnet(&args, Duration::from_secs(120))?;
+        let (code, out, err) = tapnet_within(&args, Duration::from_secs(120))?;
         check!(code == 0, "source exit {code}: {out}{err}");
         check!(
             out.contains(&format!("sent {bytes} bytes in ")),

@@ -10,7 +10,9 @@ use tapnet_tests::{
     run, wait_bounded,
 };
 
-const TAPNET: &str = env!("CARGO_BIN_EXE_tapnet");
+mod common;
+
+use common::{TAPNET, tapnet};
 
 fn main() {
     tapnet_tests::main(vec![
@@ -43,15 +45,6 @@ const APPS: &[&str] = &[
     "sink",
     "source",
 ];
-
-fn tapnet(args: &[&str]) -> Result<(i32, String, String), tapnet_tests::Failed> {
-    let out = run(Command::new(TAPNET).args(args), Duration::from_secs(30))?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
 
 fn demo() -> TestResult {
     let (code, out, err) = tapnet(&["demo", "-c", "3", "-i", "50ms"])?;

@@ -9,7 +9,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{App, TAPNET};
+use common::{App, tapnet};
 use tapnet_tests::{
     Failed, STACK_ADDR, TempDir, TestResult, check, eventually, in_netns, plain, root, run,
     wait_bounded,
@@ -45,15 +45,6 @@ fn main() {
 
 fn echo_addr() -> SocketAddr {
     SocketAddr::from((STACK_ADDR, 7))
-}
-
-fn tapnet(args: &[&str]) -> Result<(i32, String, String), Failed> {
-    let out = run(Command::new(TAPNET).args(args), Duration::from_secs(30))?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
 }
 
 /// Runs a client tool with `input` on its stdin; returns its stdout.

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use common::{App, TAPNET};
 use tapnet_tests::{
-    Failed, KERNEL_ADDR, STACK_ADDR, TempDir, TestResult, check, eventually, in_netns,
-    kernel_side_up, plain, root, run,
+    Failed, KERNEL_ADDR, STACK_ADDR, TempDir, TestResult, check, eventually, in_netns, plain, root,
+    run,
 };
 
 fn main() {
@@ -507,8 +507,7 @@ fn get_python() -> TestResult {
     std::fs::create_dir_all(dir.join("www"))?;
     std::fs::write(dir.join("www/file.bin"), &data)?;
     in_netns(|| {
-        tapnet_tests::ip(&["tuntap", "add", "dev", "tap0", "mode", "tap"])?;
-        kernel_side_up("tap0")?;
+        common::tap_up()?;
         let _python = Python::serve(&dir.join("www"), &KERNEL_ADDR.to_string())?;
         let dev = ["--tap", "tap0", "--addr", "10.0.0.2/24"];
         let url = "http://10.0.0.1:8000/file.bin";

@@ -16,12 +16,12 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{App, TAPNET};
+use common::{App, TAPNET, tap_up, tapnet_within};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tapnet_tests::{
-    Failed, KERNEL_ADDR, STACK_ADDR, TempDir, TestResult, check, eventually, in_netns, ip,
-    kernel_side_up, plain, root, run, wait_bounded,
+    Failed, KERNEL_ADDR, STACK_ADDR, TempDir, TestResult, check, eventually, in_netns, plain, root,
+    wait_bounded,
 };
 
 fn main() {
@@ -57,27 +57,11 @@ fn main() {
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// Makes tap0 and gives its kernel side 10.0.0.1/24, before tapnet opens it, so the
-/// kernel peers can bind there first.
-fn tap_up() -> TestResult {
-    ip(&["tuntap", "add", "dev", "tap0", "mode", "tap"])?;
-    kernel_side_up("tap0")
-}
-
 /// `tapnet ARGS --tap tap0 --addr 10.0.0.2/24`, on the TAP [`tap_up`] made.
 fn on_tap(args: &[&str]) -> Result<App, Failed> {
     let mut all = args.to_vec();
     all.extend(["--tap", "tap0", "--addr", "10.0.0.2/24"]);
     App::spawn(&all)
-}
-
-fn tapnet(args: &[&str], timeout: Duration) -> Result<(i32, String, String), Failed> {
-    let out = run(Command::new(TAPNET).args(args), timeout)?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
 }
 
 /// A kernel server: accepts until dropped, running `handle` on a thread per connection.
@@ -347,7 +331,7 @@ fn ping_open() -> TestResult {
         tap_up()?;
         let server = open_port(&format!("{KERNEL_ADDR}:0"))?;
         let target = server.addr.to_string();
-        let (code, out, err) = tapnet(
+        let (code, out, err) = tapnet_within(
             &[
                 "ping",
                 &target,
@@ -385,7 +369,7 @@ fn ping_refused() -> TestResult {
         tap_up()?;
         let closed = TcpListener::bind(format!("{KERNEL_ADDR}:0"))?.local_addr()?;
         let target = closed.to_string();
-        let (code, out, err) = tapnet(
+        let (code, out, err) = tapnet_within(
             &[
                 "ping",
                 &target,
@@ -452,7 +436,7 @@ fn ping_timeout() -> TestResult {
         drop_port(server.addr.port())?;
         let target = server.addr.to_string();
         let start = Instant::now();
-        let (code, out, err) = tapnet(
+        let (code, out, err) = tapnet_within(
             &[
                 "ping",
                 &target,
@@ -569,7 +553,7 @@ fn ping_on_kernel() -> TestResult {
         let server = open_port("127.0.0.1:0")?;
         let target = server.addr.to_string();
         let (code, out, err) =
-            tapnet(&["ping", "--kernel", &target, "-c", "2", "-i", "0.1"], WAIT)?;
+            tapnet_within(&["ping", "--kernel", &target, "-c", "2", "-i", "0.1"], WAIT)?;
         check!(code == 0, "exit {code}: {out}{err}");
         check!(
             out.contains("on the kernel's sockets")
@@ -591,7 +575,7 @@ fn help_and_bad_flags() -> TestResult {
             &["--count", "--interval", "--timeout", "--kernel", "--tap"],
         ),
     ] {
-        let (code, out, err) = tapnet(&[cmd, "--help"], WAIT)?;
+        let (code, out, err) = tapnet_within(&[cmd, "--help"], WAIT)?;
         check!(code == 0, "{cmd} --help: exit {code}: {err}");
         for option in options {
             check!(out.contains(option), "{cmd} --help lacks {option}:\n{out}");
@@ -602,7 +586,7 @@ fn help_and_bad_flags() -> TestResult {
         (&["ping"], "required"),
         (&["ping", "10.0.0.1"], "10.0.0.1"),
         (&["ping", "example.com:80"], "IP:PORT"),
-        (&["ping", "10.0.0.1:80", "-W", "0"], "longer than 0"),
+        (&["ping", "10.0.0.1:80", "-W", "0"], "above zero"),
         (&["ping", "10.0.0.1:80", "-i", "soon"], "--interval"),
         (&["ping", "10.0.0.1:80", "-c", "many"], "--count"),
         (&["proxy", "--listen", "8080"], "--to"),
@@ -613,7 +597,7 @@ fn help_and_bad_flags() -> TestResult {
         (&["proxy", "--listen", "80", "--to", "10.0.0.1"], "IP:PORT"),
     ];
     for (args, why) in cases {
-        let (code, _, err) = tapnet(args, WAIT)?;
+        let (code, _, err) = tapnet_within(args, WAIT)?;
         check!(code == 2, "{args:?}: exit {code}, not 2; stderr: {err}");
         check!(err.contains(why), "{args:?}: stderr lacks {why:?}: {err}");
         check!(!err.contains("panicked"), "{args:?} panicked: {err}");

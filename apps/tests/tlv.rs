@@ -8,13 +8,11 @@ mod common;
 
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::Command;
 use std::time::Duration;
 
-use common::{App, TAPNET};
+use common::{App, tapnet};
 use tapnet_tests::{
-    Failed, KERNEL_ADDR, STACK_ADDR, TempDir, TestResult, check, in_netns, kernel_side_up, plain,
-    root, run,
+    Failed, KERNEL_ADDR, STACK_ADDR, TempDir, TestResult, check, in_netns, plain, root,
 };
 
 fn main() {
@@ -76,15 +74,6 @@ fn random_bytes(n: usize) -> Vec<u8> {
     (0..n).map(|_| rng.u8(..)).collect()
 }
 
-fn tapnet(args: &[&str]) -> Result<(i32, String, String), Failed> {
-    let out = run(Command::new(TAPNET).args(args), Duration::from_secs(60))?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
-}
-
 fn cli() -> TestResult {
     for (sub, options) in [
         (
@@ -134,7 +123,7 @@ fn cli() -> TestResult {
                 "--timeout",
                 "0",
             ],
-            "above 0",
+            "above zero",
         ),
         (
             &[
@@ -232,8 +221,7 @@ fn server_on_tapnet() -> TestResult {
 /// limit fails the client with exit 1.
 fn client_on_tapnet() -> TestResult {
     in_netns(|| {
-        tapnet_tests::ip(&["tuntap", "add", "dev", "tap0", "mode", "tap"])?;
-        kernel_side_up("tap0")?;
+        common::tap_up()?;
         let server = App::spawn(&["tlv-server", "--kernel", "--port", "4001"])?;
         server.wait_listening(SocketAddr::from((KERNEL_ADDR, 4001)))?;
         let dir = TempDir::new("tlv")?;

@@ -1530,6 +1530,36 @@ impl Stack {
             .count()
     }
 
+    /// Waits, at most `limit`, until no connection has data or a FIN the peer has not
+    /// acknowledged (a handshake under way holds nothing to deliver). A process about to stop its stack calls
+    /// this first: the kernel delivers what a closed socket queued after its process is
+    /// gone, but a userspace stack ends with its process. Returns whether it settled.
+    pub fn settle(&self, limit: Duration) -> bool {
+        let deadline = Instant::now() + limit;
+        loop {
+            let busy = {
+                let core = self.shared().lock();
+                core.sockets.iter().any(|(_, socket)| match socket {
+                    smoltcp::socket::Socket::Tcp(tcp) => {
+                        tcp.send_queue() > 0
+                            || matches!(
+                                tcp.state(),
+                                tcp::State::FinWait1 | tcp::State::Closing | tcp::State::LastAck
+                            )
+                    }
+                    _ => false,
+                })
+            };
+            if !busy {
+                return true;
+            }
+            if Instant::now() >= deadline || self.shared().is_stopped() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// The address the stack sends from to reach `dst`: the first address whose network
     /// holds it, else (with a gateway) the first address.
     pub(crate) fn source_for(&self, dst: Ipv4Addr) -> Option<Ipv4Addr> {

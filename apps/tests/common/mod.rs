@@ -10,10 +10,32 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tapnet_tests::{Failed, TempDir, eventually, kernel_side_up, wait_bounded};
+use tapnet_tests::{Failed, TempDir, eventually, kernel_side_up, run, wait_bounded};
 
 /// The binary under test.
 pub const TAPNET: &str = env!("CARGO_BIN_EXE_tapnet");
+
+/// Runs `tapnet ARGS` to completion (killed after a minute): exit code, stdout, stderr.
+pub fn tapnet(args: &[&str]) -> Result<(i32, String, String), Failed> {
+    tapnet_within(args, Duration::from_secs(60))
+}
+
+/// [`tapnet`], killed after `timeout`.
+pub fn tapnet_within(args: &[&str], timeout: Duration) -> Result<(i32, String, String), Failed> {
+    let out = run(Command::new(TAPNET).args(args), timeout)?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
+/// Makes tap0 and gives its kernel side 10.0.0.1/24 before tapnet opens it, so kernel
+/// peers can bind there first. Call inside `in_netns`.
+pub fn tap_up() -> Result<(), Failed> {
+    tapnet_tests::ip(&["tuntap", "add", "dev", "tap0", "mode", "tap"])?;
+    kernel_side_up("tap0")
+}
 
 /// A running `tapnet` app. Its stdout and stderr go to files (a pipe nobody reads could
 /// fill and stall it). Dropped without [`App::stop`], it is killed.
