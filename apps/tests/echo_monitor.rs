@@ -23,10 +23,10 @@ fn main() {
             monitor_bad_log,
         ),
         root("echo_gives_nc_and_socat_their_bytes_back", echo_nc_socat),
-        // Not yet registered: echo_concurrent (100 kernel clients × 1 MiB) stalls one or
-        // two connections in about half the runs, a stack bug (an ACK the stack never
-        // takes after a retransmission; see the closing note of session 3). It comes back
-        // with the fix, at full size.
+        root(
+            "echo_gives_100_concurrent_kernel_clients_1_mib_each_back",
+            echo_concurrent,
+        ),
         root("echo_once_exits_0_after_one_client", echo_once),
         root(
             "echo_on_kernel_sockets_gives_nc_its_bytes_back",
@@ -196,7 +196,6 @@ fn echo_nc_socat() -> TestResult {
     })
 }
 
-#[allow(dead_code)]
 fn echo_concurrent() -> TestResult {
     const CLIENTS: usize = 100;
     const SIZE: usize = 1 << 20;

@@ -204,7 +204,10 @@ pub struct TcpInfo {
     pub keepalive_probes: u64,
     /// Zero-window probes sent.
     pub zero_window_probes: u64,
-    /// Segments received and sent.
+    /// ACKs taken from segments dropped for lying outside the receive window (RFC 9293
+    /// §3.10.7.4: a zero window still takes valid ACKs; see `watch.rs`).
+    pub acks_salvaged: u64,
+    /// Segments received.
     pub segments_in: u64,
     /// Segments sent.
     pub segments_out: u64,
@@ -828,6 +831,7 @@ impl TcpStream {
                 retransmits: wire.map_or(0, |w| w.retransmits),
                 keepalive_probes: wire.map_or(0, |w| w.probes),
                 zero_window_probes: wire.map_or(0, |w| w.zero_window_probes),
+                acks_salvaged: wire.map_or(0, |w| w.acks_salvaged),
                 segments_in: wire.map_or(0, |w| w.segs_in),
                 segments_out: wire.map_or(0, |w| w.segs_out),
                 keepalive: meta.opts.keepalive,

@@ -11,9 +11,18 @@
 //! - **how** it is doing: retransmissions, keepalive probes, the windows both ends
 //!   advertise (scaled by the shifts from the SYNs, RFC 7323 §2), and an RTT estimate
 //!   (RFC 6298, timed on segments that were never retransmitted, per Karn);
-//! - and it holds the **gate** of each listener: a SYN for a listener whose backlog is
+//! - it holds the **gate** of each listener: a SYN for a listener whose backlog is
 //!   full is dropped here, unanswered, so the client retries, as Linux does. smoltcp
-//!   would otherwise answer it with RST.
+//!   would otherwise answer it with RST;
+//! - and it **salvages ACKs** that smoltcp would throw away with the segment carrying
+//!   them. smoltcp drops a segment outside the receive window whole, ACK included. But
+//!   RFC 9293 §3.10.7.4 says a zero window must still take valid ACKs, and a Linux peer
+//!   whose window we shrank by rounding (RFC 7323 §2.3: smoltcp rounds the free space
+//!   down to its scale) stamps its pure ACKs a few bytes past our right edge. Were the
+//!   ACK lost, a connection whose both windows are full (an echo server blocked in a
+//!   write) would wait forever: it cannot read until the peer's ACK frees its send
+//!   buffer. So the watch hands smoltcp such an ACK again, as a bare segment at
+//!   RCV.NXT, right after the original.
 //!
 //! Only tuples the stack owns are tracked (connections and listeners' half-open ones), so
 //! a flood of strangers costs a header parse and a hash lookup per frame, nothing more.
@@ -62,6 +71,13 @@ pub(crate) struct Wire {
     touched: bool,
     /// Let in by a listener's gate, and not yet a connection of the stack's.
     half_open: bool,
+    /// The ACK number we last sent: RCV.NXT, as far as the peer knows.
+    rcv_nxt: Option<TcpSeqNumber>,
+    /// The last (ACK, raw window) of the peer's that smoltcp took, as far as the watch
+    /// can tell: a segment repeating it needs no salvage.
+    taken: Option<(TcpSeqNumber, u16)>,
+    /// ACKs salvaged from segments outside our window.
+    pub(crate) acks_salvaged: u64,
 }
 
 impl Wire {
@@ -87,7 +103,52 @@ impl Wire {
             rttvar: Duration::ZERO,
             touched: false,
             half_open: false,
+            rcv_nxt: None,
+            taken: None,
+            acks_salvaged: 0,
         }
+    }
+
+    /// Whether smoltcp will drop `seg` for lying outside our receive window while its
+    /// ACK is news, so that the ACK must be handed to smoltcp again (see the module
+    /// doc). Mirrors smoltcp's acceptance test (RFC 9293 §3.10.7.4) against the window
+    /// we last advertised; where that guess is off, it errs towards "acceptable", which
+    /// costs at most a missed salvage, never a duplicate ACK.
+    fn needs_salvage(&mut self, seg: &Segment) -> bool {
+        let (Some(ack), Some(rcv_nxt)) = (seg.ack, self.rcv_nxt) else {
+            return false;
+        };
+        if seg.syn || seg.rst {
+            return false;
+        }
+        let news = self
+            .taken
+            .is_none_or(|(a, w)| ack > a || (ack == a && seg.window != w));
+        // An ACK for data never sent is smoltcp's to challenge, not ours to pass on.
+        if !news || self.snd_max.is_some_and(|max| ack > max) {
+            return false;
+        }
+        let (start, end) = (seg.seq, seg.seq + seg.payload_len);
+        let (win_start, win_end) = (rcv_nxt, rcv_nxt + self.our_window as usize);
+        let acceptable = match (seg.payload_len == 0, win_start == win_end) {
+            // A keepalive probe: smoltcp answers it and looks no further.
+            (true, _) if end + 1 == win_start => false,
+            (true, true) => start == win_start,
+            (true, false) => win_start <= start && start < win_end,
+            (false, true) => false,
+            (false, false) => {
+                (win_start <= start && start < win_end) || (win_start < end && end <= win_end)
+            }
+        };
+        // Beyond the right edge by more than the rounding of one scale unit, a segment
+        // is no peer's honest mistake: let smoltcp drop it, ACK and all (RFC 5961 §5).
+        let slop = 1usize << self.our_shift.unwrap_or(0).min(14);
+        let near = win_start <= start && start <= win_end + slop;
+        if !acceptable && !near {
+            return false;
+        }
+        self.taken = Some((ack, seg.window));
+        !acceptable
     }
 
     /// The retransmission timeout RFC 6298 §2 derives from the samples (1 s floor).
@@ -137,6 +198,8 @@ pub(crate) struct Watch {
     active: bool,
     /// Entries let in by a gate and not yet connections.
     half_open: usize,
+    /// Bare ACKs salvaged from dropped segments, for smoltcp to take next.
+    salvaged: Vec<Vec<u8>>,
 }
 
 /// What to do with an arriving frame.
@@ -285,6 +348,19 @@ impl Watch {
                 wire.sample_rtt(now.saturating_duration_since(sent));
                 wire.timing = None;
             }
+            if let Some(rcv_nxt) = wire.rcv_nxt
+                && wire.needs_salvage(&seg)
+                && let Some(bare) = bare_ack(frame, rcv_nxt)
+            {
+                wire.acks_salvaged += 1;
+                log::debug!(
+                    "{} -> {}: salvaged ACK {} from a segment outside our window",
+                    seg.src,
+                    seg.dst,
+                    seg.ack.map_or(0, |a| a.0)
+                );
+                self.salvaged.push(bare);
+            }
             Self::touch(&mut self.touched, tuple, wire);
             return Verdict::Pass;
         }
@@ -351,6 +427,11 @@ impl Watch {
             wire.our_shift.unwrap_or(0)
         };
         wire.our_window = u32::from(seg.window) << shift.min(14);
+        if let Some(ack) = seg.ack
+            && !seg.rst
+        {
+            wire.rcv_nxt = Some(ack);
+        }
         let len = seg.payload_len as u32 + u32::from(seg.syn) + u32::from(seg.fin);
         if len > 0 && !seg.rst {
             let end = seg.seq + len as usize;
@@ -438,6 +519,31 @@ impl Segment {
     }
 }
 
+/// A copy of the TCP segment in `frame` cut down to its bare ACK: no payload, no FIN,
+/// PSH or URG, sequence number `seq`, checksums filled. `None` if `frame` is not a
+/// well-formed IPv4 TCP segment.
+fn bare_ack(frame: &[u8], seq: TcpSeqNumber) -> Option<Vec<u8>> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    let ip_len = usize::from(ip.header_len());
+    let tcp_len = usize::from(tcp.header_len());
+    let eth_len = frame.len() - eth.payload().len();
+    let mut bare = frame[..eth_len + ip_len + tcp_len].to_vec();
+    let mut ip = Ipv4Packet::new_unchecked(&mut bare[eth_len..]);
+    ip.set_total_len((ip_len + tcp_len) as u16);
+    ip.fill_checksum();
+    let (src, dst) = (ip.src_addr(), ip.dst_addr());
+    let mut tcp = TcpPacket::new_unchecked(&mut bare[eth_len + ip_len..]);
+    tcp.set_seq_number(seq);
+    tcp.set_fin(false);
+    tcp.set_psh(false);
+    tcp.set_urg(false);
+    tcp.set_urgent_at(0);
+    tcp.fill_checksum(&src.into(), &dst.into());
+    Some(bare)
+}
+
 /// The device as smoltcp sees it during a pass: the driver's device, with every frame
 /// shown to the [`Watch`] on the way. (A `RefCell`, because smoltcp holds a receive
 /// token and its paired transmit token at once, and both report to the watch.)
@@ -461,9 +567,20 @@ impl<D: Device> Device for Watched<'_, D> {
         &mut self,
         timestamp: smoltcp::time::Instant,
     ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
+        // A salvaged ACK goes in right after the segment it came from.
+        if let Some(bare) = self.watch.borrow_mut().salvaged.pop() {
+            return Some((
+                RxToken::Salvaged(bare),
+                TxToken {
+                    inner: self.device.transmit(timestamp)?,
+                    watch: self.watch,
+                    now: self.now,
+                },
+            ));
+        }
         let (rx, tx) = self.device.receive(timestamp)?;
         Some((
-            RxToken {
+            RxToken::Device {
                 inner: rx,
                 watch: self.watch,
                 now: self.now,
@@ -489,17 +606,24 @@ impl<D: Device> Device for Watched<'_, D> {
     }
 }
 
-/// An arriving frame, shown to the watch before smoltcp sees it.
-pub(crate) struct RxToken<'a, T> {
-    inner: T,
-    watch: &'a RefCell<Watch>,
-    now: Instant,
+/// An arriving frame, shown to the watch before smoltcp sees it; or an ACK the watch
+/// salvaged, which it has seen already.
+pub(crate) enum RxToken<'a, T> {
+    Device {
+        inner: T,
+        watch: &'a RefCell<Watch>,
+        now: Instant,
+    },
+    Salvaged(Vec<u8>),
 }
 
 impl<T: phy::RxToken> phy::RxToken for RxToken<'_, T> {
     fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
-        let (watch, now) = (self.watch, self.now);
-        self.inner.consume(|frame| {
+        let (inner, watch, now) = match self {
+            RxToken::Device { inner, watch, now } => (inner, watch, now),
+            RxToken::Salvaged(bare) => return f(&bare),
+        };
+        inner.consume(|frame| {
             let verdict = watch.borrow_mut().inbound(frame, now);
             match verdict {
                 Verdict::Pass => f(frame),
@@ -526,5 +650,156 @@ impl<T: phy::TxToken> phy::TxToken for TxToken<'_, T> {
             watch.borrow_mut().outbound(buf, now);
             result
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use smoltcp::phy::ChecksumCapabilities;
+    use smoltcp::wire::{EthernetAddress, EthernetRepr, IpAddress, Ipv4Repr, TcpControl, TcpRepr};
+
+    const US: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 7);
+    const PEER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 40000);
+
+    /// One segment from `src` to `dst`, as an Ethernet frame.
+    struct Seg {
+        seq: i32,
+        ack: Option<i32>,
+        window: u16,
+        len: usize,
+        syn: bool,
+        wscale: Option<u8>,
+    }
+
+    fn seg(seq: i32, ack: i32, window: u16, len: usize) -> Seg {
+        Seg {
+            seq,
+            ack: Some(ack),
+            window,
+            len,
+            syn: false,
+            wscale: None,
+        }
+    }
+
+    fn frame(src: SocketAddrV4, dst: SocketAddrV4, s: &Seg) -> Vec<u8> {
+        let payload = vec![0xabu8; s.len];
+        let tcp = TcpRepr {
+            src_port: src.port(),
+            dst_port: dst.port(),
+            control: if s.syn {
+                TcpControl::Syn
+            } else {
+                TcpControl::None
+            },
+            seq_number: TcpSeqNumber(s.seq),
+            ack_number: s.ack.map(TcpSeqNumber),
+            window_len: s.window,
+            window_scale: s.wscale,
+            max_seg_size: None,
+            sack_permitted: false,
+            sack_ranges: [None; 3],
+            timestamp: None,
+            payload: &payload,
+        };
+        let ip = Ipv4Repr {
+            src_addr: *src.ip(),
+            dst_addr: *dst.ip(),
+            next_header: IpProtocol::Tcp,
+            payload_len: tcp.buffer_len(),
+            hop_limit: 64,
+        };
+        let eth = EthernetRepr {
+            src_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            dst_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            ethertype: EthernetProtocol::Ipv4,
+        };
+        let mut buf = vec![0; eth.buffer_len() + ip.buffer_len() + tcp.buffer_len()];
+        let caps = ChecksumCapabilities::default();
+        let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
+        eth.emit(&mut frame);
+        let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
+        ip.emit(&mut packet, &caps);
+        tcp.emit(
+            &mut TcpPacket::new_unchecked(packet.payload_mut()),
+            &IpAddress::from(*src.ip()),
+            &IpAddress::from(*dst.ip()),
+            &caps,
+        );
+        buf
+    }
+
+    /// A watch tracking one connection whose SYNs agreed on shifts 3 (ours) and 7, and
+    /// which has sent 100 bytes from 5000 and last advertised `window` (raw) at ACK 1000.
+    fn watch(window: u16) -> (Watch, Instant) {
+        let now = Instant::now();
+        let mut watch = Watch::default();
+        watch.track((US, PEER), now);
+        let mut syn = seg(999, 0, 64, 0);
+        (syn.ack, syn.syn, syn.wscale) = (None, true, Some(7));
+        assert_eq!(watch.inbound(&frame(PEER, US, &syn), now), Verdict::Pass);
+        let mut syn_ack = seg(4999, 1000, 64, 0);
+        (syn_ack.syn, syn_ack.wscale) = (true, Some(3));
+        watch.outbound(&frame(US, PEER, &syn_ack), now);
+        watch.outbound(&frame(US, PEER, &seg(5000, 1000, window, 100)), now);
+        (watch, now)
+    }
+
+    /// What the watch salvages from the peer's segment `s`.
+    fn salvage(watch: &mut Watch, now: Instant, s: Seg) -> Option<Vec<u8>> {
+        assert_eq!(watch.inbound(&frame(PEER, US, &s), now), Verdict::Pass);
+        let mut salvaged = std::mem::take(&mut watch.salvaged);
+        assert!(salvaged.len() <= 1);
+        salvaged.pop()
+    }
+
+    #[test]
+    fn a_zero_window_still_takes_the_ack_of_a_probe_with_data() {
+        let (mut watch, now) = watch(0);
+        // A window probe carrying data at RCV.NXT: smoltcp drops it, ACK and all.
+        let bare = salvage(&mut watch, now, seg(1000, 5100, 681, 4)).expect("salvaged");
+        let eth = EthernetFrame::new_checked(&bare[..]).unwrap();
+        let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
+        assert!(ip.verify_checksum());
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert!(tcp.verify_checksum(&ip.src_addr().into(), &ip.dst_addr().into()));
+        assert_eq!(tcp.seq_number(), TcpSeqNumber(1000));
+        assert_eq!(tcp.ack_number(), TcpSeqNumber(5100));
+        assert_eq!(tcp.window_len(), 681);
+        assert!(tcp.ack() && !tcp.fin() && !tcp.psh() && !tcp.syn() && !tcp.rst());
+        assert!(tcp.payload().is_empty());
+        assert_eq!(watch.get(&(US, PEER)).unwrap().acks_salvaged, 1);
+        // The same ACK again is no news: smoltcp has it.
+        assert!(salvage(&mut watch, now, seg(1000, 5100, 681, 4)).is_none());
+        // A new window is.
+        assert!(salvage(&mut watch, now, seg(1000, 5100, 700, 4)).is_some());
+    }
+
+    #[test]
+    fn a_pure_ack_just_past_a_rounded_window_is_salvaged_and_one_far_past_is_not() {
+        let (mut watch, now) = watch(0);
+        // Linux stamps pure ACKs with SND.NXT when it overshoots by less than a unit.
+        let bare = salvage(&mut watch, now, seg(1004, 5050, 681, 0)).expect("salvaged");
+        let ip = Ipv4Packet::new_checked(&bare[14..]).unwrap();
+        let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
+        assert_eq!(tcp.seq_number(), TcpSeqNumber(1000));
+        // Past the edge by more than one unit of our scale (8 bytes): left to smoltcp.
+        assert!(salvage(&mut watch, now, seg(1009, 5060, 681, 0)).is_none());
+        // An ACK of data never sent: smoltcp's to challenge.
+        assert!(salvage(&mut watch, now, seg(1004, 5200, 681, 0)).is_none());
+        // A keepalive probe (RCV.NXT - 1): smoltcp answers it; not ours to pass on.
+        assert!(salvage(&mut watch, now, seg(999, 5070, 681, 0)).is_none());
+    }
+
+    #[test]
+    fn acceptable_segments_need_no_salvage() {
+        let (mut watch, now) = watch(0);
+        // A pure ACK at RCV.NXT fits a zero window.
+        assert!(salvage(&mut watch, now, seg(1000, 5100, 681, 0)).is_none());
+        // Data in an open window (10 << 3 = 80 bytes).
+        watch.outbound(&frame(US, PEER, &seg(5100, 1000, 10, 0)), now);
+        assert!(salvage(&mut watch, now, seg(1000, 5100, 700, 40)).is_none());
+        assert_eq!(watch.get(&(US, PEER)).unwrap().acks_salvaged, 0);
     }
 }
