@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use clap::Args;
 use netdev::{Capture, FrameSink, Impair, ImpairConfig, Impairment, Link, PcapFile};
-use stack::{Ipv4Net, Mac, StackConfig};
+use stack::{Ipv4Net, Mac, StackConfig, Trace};
 
 /// What every wrapped device looks like to the rest of the app.
 pub type Wrapped<D> = Impair<Capture<D, Option<Box<dyn FrameSink>>>>;
@@ -40,6 +40,13 @@ pub struct DeviceArgs {
     /// Write every frame, both directions, to a pcap file
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
+    /// Print a line per TCP segment in and out, and per state change, to stderr
+    #[arg(long)]
+    pub trace: bool,
+    /// Warn about (and mark in `tapnet ss`) a connection left in CLOSE-WAIT this long
+    /// [default: 30s; 1s in `demo close-wait`]
+    #[arg(long, value_name = "TIME", value_parser = netdev::parse_duration)]
+    pub close_wait_warning: Option<Duration>,
     #[command(flatten)]
     pub impair: ImpairArgs,
 }
@@ -179,6 +186,10 @@ impl DeviceArgs {
         };
         config.gateway = self.gateway;
         config.mac = self.mac;
+        if let Some(warning) = self.close_wait_warning {
+            config.close_wait_warning = warning;
+        }
+        config.trace = self.trace.then(Trace::stderr);
         config
     }
 

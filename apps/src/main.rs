@@ -11,6 +11,7 @@ macro_rules! say {
 
 mod args;
 mod bulk;
+mod control;
 mod demo;
 mod device;
 mod echo;
@@ -20,6 +21,7 @@ mod monitor;
 mod net;
 mod ping;
 mod proxy;
+mod ss;
 mod tlv;
 mod up;
 
@@ -65,6 +67,8 @@ enum Command {
     Sink(bulk::SinkOpts),
     /// Send bulk data (a checkable pattern) to a sink
     Source(bulk::SourceOpts),
+    /// Show the socket table of a running tapnet stack, like `ss -tn`
+    Ss(ss::Opts),
 }
 
 fn main() -> ExitCode {
@@ -86,6 +90,7 @@ fn main() -> ExitCode {
         Command::Get(args) => get::run(args),
         Command::Sink(args) => bulk::run_sink(args),
         Command::Source(args) => bulk::run_source(args),
+        Command::Ss(args) => ss::run(args),
     };
     match result {
         Ok(code) => code,

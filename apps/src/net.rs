@@ -40,7 +40,7 @@ pub struct NetArgs {
     /// Run on the kernel's sockets instead of a tapnet stack (no device options then)
     #[arg(long, conflicts_with_all = [
         "tap", "addrs", "gateway", "mac", "mtu", "pcap", "loss", "delay", "jitter",
-        "reorder", "duplicate", "corrupt", "rate",
+        "reorder", "duplicate", "corrupt", "rate", "close_wait_warning", "trace",
     ])]
     pub kernel: bool,
     #[command(flatten)]
@@ -91,6 +91,8 @@ pub fn run<A: App>(args: &NetArgs, app: A) -> io::Result<ExitCode> {
         return app.run(Kernel, &ctx, &args.describe(None));
     }
     let stack = args.open_stack()?;
+    // `tapnet ss` can look in until the stack stops (the guard outlives `stop` below).
+    let _control = crate::control::serve(&stack, args.device.tap.as_deref().unwrap_or(DEFAULT_TAP));
     let result = app.run(stack.clone(), &ctx, &args.describe(Some(&stack)));
     // What the app closed may still be on its way: deliver it (bounded) before the stack
     // ends with the process, as the kernel would after the process is gone.

@@ -43,6 +43,8 @@ pub fn run(args: UpArgs) -> io::Result<ExitCode> {
     let mtu = tap.mtu();
     let stack = Stack::new(dev.wrap(tap, None)?, dev.stack_config(DEFAULT_ADDR))
         .map_err(|e| io::Error::new(e.kind(), format!("{name}: {e}")))?;
+    // `tapnet ss` can look in until the stack stops (the guard outlives `stop` below).
+    let _control = crate::control::serve(&stack, name);
     let addrs: Vec<String> = stack.config().addrs.iter().map(|a| a.to_string()).collect();
     say!(
         "tapnet up on {name}: {} mac {} mtu {mtu}; SIGINT or SIGTERM stops it",

@@ -44,10 +44,11 @@ const APPS: &[&str] = &[
     "get",
     "sink",
     "source",
+    "ss",
 ];
 
 fn demo() -> TestResult {
-    let (code, out, err) = tapnet(&["demo", "-c", "3", "-i", "50ms"])?;
+    let (code, out, err) = tapnet(&["demo", "ping", "-c", "3", "-i", "50ms"])?;
     check!(code == 0, "exit {code}: {err}");
     for line in [
         "alice -> bob    ARP who-has 10.0.0.2 tell 10.0.0.1",
@@ -68,7 +69,7 @@ fn demo() -> TestResult {
 /// Which pings got replies, in order: the seeded impairment decides, so two runs agree.
 fn outcomes(seed: &str) -> Result<Vec<bool>, tapnet_tests::Failed> {
     let (_, out, err) = tapnet(&[
-        "demo", "-c", "8", "-i", "10ms", "-W", "150ms", "--loss", "out=40%", "--seed", seed,
+        "demo", "ping", "-c", "8", "-i", "10ms", "-W", "150ms", "--loss", "out=40%", "--seed", seed,
     ])?;
     let got: Vec<bool> = out
         .lines()
@@ -102,7 +103,7 @@ fn help() -> TestResult {
             code == 0 && out.contains("Usage: tapnet"),
             "{app} --help: exit {code} {err}"
         );
-        if !matches!(*app, "up" | "demo") {
+        if !matches!(*app, "up" | "demo" | "ss") {
             // Every app runs on tapnet or, the same code, on the kernel.
             check!(
                 out.contains("--kernel") && out.contains("--tap"),
@@ -126,6 +127,8 @@ fn help() -> TestResult {
         "--corrupt",
         "--rate",
         "--seed",
+        "--trace",
+        "--close-wait-warning",
     ] {
         check!(
             out.contains(option),
@@ -149,7 +152,9 @@ fn bad_flags() -> TestResult {
         (&["demo", "--delay=-5ms"], "--delay"),
         (&["demo", "--delay", "soon"], "--delay"),
         (&["demo", "--rate", "fast"], "--rate"),
-        (&["demo", "-c", "0"], "--count"),
+        (&["demo", "ping", "-c", "0"], "--count"),
+        (&["demo", "sideways"], "invalid value"),
+        (&["echo", "--kernel", "--trace"], "cannot be used"),
         (&["echo", "--port", "70000"], "70000"),
         (&["monitor", "--port", "-1"], "-1"),
         (&["tlv-server", "--port", "x"], "--port"),
@@ -272,7 +277,7 @@ fn up_busy_tap() -> TestResult {
 fn closed_pipe() -> TestResult {
     use std::io::{BufRead, BufReader};
     let mut child = Command::new(TAPNET)
-        .args(["demo", "-c", "3", "-i", "50ms"])
+        .args(["demo", "ping", "-c", "3", "-i", "50ms"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -289,13 +294,13 @@ fn closed_pipe() -> TestResult {
 }
 
 fn demo_addr() -> TestResult {
-    let (code, out, err) = tapnet(&["demo", "-c", "1", "--addr", "172.16.5.1/24"])?;
+    let (code, out, err) = tapnet(&["demo", "ping", "-c", "1", "--addr", "172.16.5.1/24"])?;
     check!(code == 0, "exit {code}: {err}");
     check!(
         out.contains("ARP who-has 172.16.5.1 tell 172.16.5.2"),
         "{out}"
     );
-    let (code, _, err) = tapnet(&["demo", "--addr", "10.9.9.9/31"])?;
+    let (code, _, err) = tapnet(&["demo", "ping", "--addr", "10.9.9.9/31"])?;
     check!(
         code == 1 && err.contains("room for two hosts"),
         "exit {code}: {err}"

@@ -29,6 +29,10 @@ fn main() {
         ),
         root("echo_once_exits_0_after_one_client", echo_once),
         root(
+            "echo_with_trace_prints_each_segment_and_state_change",
+            echo_trace,
+        ),
+        root(
             "echo_on_kernel_sockets_gives_nc_its_bytes_back",
             echo_kernel,
         ),
@@ -271,6 +275,39 @@ fn echo_once() -> TestResult {
             stdout.contains("for one connection") && stdout.contains(": 9 bytes in, 9 bytes out, "),
             "stdout: {stdout}"
         );
+        Ok(())
+    })
+}
+
+fn echo_trace() -> TestResult {
+    in_netns(|| {
+        let app = App::on_tap(&["echo", "--once", "--trace"])?;
+        eventually(Duration::from_secs(10), "the listening line", || {
+            app.output().0.contains("echo listening on")
+        })?;
+        let got = round_trip(echo_addr(), b"traced")?;
+        check!(got == b"traced", "got {:?}", String::from_utf8_lossy(&got));
+        let (_, _, stderr) = app.wait(Duration::from_secs(10))?;
+        let has = |parts: &[&str]| stderr.lines().any(|l| parts.iter().all(|p| l.contains(p)));
+        for parts in [
+            &[
+                "<",
+                "10.0.0.1:",
+                "→ 10.0.0.2:7",
+                "[S]",
+                "seq 0 ",
+                "mss 1460",
+            ][..],
+            &[">", "10.0.0.2:7", "[S.]", "ack 1 "],
+            &["<", "[P.]", "seq 1:7 ", "len 6"],
+            &[">", "seq 1:7 ", "len 6"],
+            &["LISTEN → SYN-RECEIVED (SYN received)"],
+            &["SYN-RECEIVED → ESTABLISHED (ACK of our SYN received)"],
+            &["ESTABLISHED → CLOSE-WAIT (FIN received)"],
+            &["LAST-ACK → CLOSED (ACK of our FIN received)"],
+        ] {
+            check!(has(parts), "no trace line with {parts:?} in:\n{stderr}");
+        }
         Ok(())
     })
 }

@@ -67,7 +67,8 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::io;
 use std::os::fd::BorrowedFd;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use smoltcp::phy::{self, Device, DeviceCapabilities, PacketMeta};
@@ -263,6 +264,7 @@ pub struct ImpairStats {
 pub struct Impair<D: Link> {
     inner: D,
     config: ImpairConfig,
+    control: ImpairControl,
     egress: Pipe,
     ingress: Pipe,
     /// The latest timestamp a caller passed: the clock of `flush`, which has none.
@@ -289,8 +291,32 @@ impl<D: Link> Impair<D> {
             ingress: Pipe::new(config.ingress.clone(), ingress_seed(config.seed)),
             inner,
             config,
+            control: ImpairControl::default(),
             last_now: None,
         })
+    }
+
+    /// A handle that changes this device's impairment while it runs, from any thread.
+    pub fn control(&self) -> ImpairControl {
+        self.control.clone()
+    }
+
+    /// Applies what the control asked for since the last frame.
+    fn take_changes(&mut self) {
+        if !self.control.changed.swap(false, AtomicOrdering::Acquire) {
+            return;
+        }
+        let changes = std::mem::take(&mut *self.control.lock());
+        if let Some(egress) = changes.egress {
+            self.config.egress = egress.clone();
+            self.egress.set(egress);
+        }
+        if let Some(ingress) = changes.ingress {
+            self.config.ingress = ingress.clone();
+            self.ingress.set(ingress);
+        }
+        self.egress.drop_next(changes.drop_egress);
+        self.ingress.drop_next(changes.drop_ingress);
     }
 
     /// What happened to the frames so far, per direction.
@@ -323,6 +349,79 @@ impl<D: Link> Impair<D> {
 
     fn note_time(&mut self, now: Instant) {
         self.last_now = Some(self.last_now.map_or(now, |last| last.max(now)));
+    }
+}
+
+/// Changes a running [`Impair`] device, as `tc qdisc change` changes netem: a demo
+/// cuts a link (loss 100%) or drops exactly one frame while its stack runs. Changes take
+/// effect at the device's next frame; frames already held keep their schedule.
+///
+/// # Examples
+/// ```
+/// use netdev::{Impair, ImpairConfig, Impairment, WireOptions, wire};
+///
+/// let (a, _b) = wire(&WireOptions::default())?;
+/// let a = Impair::new(a, ImpairConfig::default())?;
+/// let control = a.control();
+/// // Later, from any thread: the link goes silent both ways.
+/// let cut = Impairment { loss: 100.0, ..Impairment::default() };
+/// control.set_egress(cut.clone())?;
+/// control.set_ingress(cut)?;
+/// assert!(control.set_egress(Impairment { loss: 120.0, ..Impairment::default() }).is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct ImpairControl {
+    changes: Arc<Mutex<Changes>>,
+    changed: Arc<AtomicBool>,
+}
+
+#[derive(Debug, Default)]
+struct Changes {
+    egress: Option<Impairment>,
+    ingress: Option<Impairment>,
+    drop_egress: u32,
+    drop_ingress: u32,
+}
+
+impl ImpairControl {
+    /// Replaces the impairment of frames the stack transmits.
+    ///
+    /// # Errors
+    /// The message of [`Impairment::validate`]; nothing changes then.
+    pub fn set_egress(&self, impairment: Impairment) -> Result<(), String> {
+        impairment.validate()?;
+        self.change(|c| c.egress = Some(impairment));
+        Ok(())
+    }
+
+    /// Replaces the impairment of frames the link delivers.
+    ///
+    /// # Errors
+    /// The message of [`Impairment::validate`]; nothing changes then.
+    pub fn set_ingress(&self, impairment: Impairment) -> Result<(), String> {
+        impairment.validate()?;
+        self.change(|c| c.ingress = Some(impairment));
+        Ok(())
+    }
+
+    /// Drops the next `n` frames the stack transmits (counted as lost).
+    pub fn drop_next_egress(&self, n: u32) {
+        self.change(|c| c.drop_egress = c.drop_egress.saturating_add(n));
+    }
+
+    /// Drops the next `n` frames the link delivers (counted as lost).
+    pub fn drop_next_ingress(&self, n: u32) {
+        self.change(|c| c.drop_ingress = c.drop_ingress.saturating_add(n));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Changes> {
+        self.changes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn change(&self, f: impl FnOnce(&mut Changes)) {
+        f(&mut self.lock());
+        self.changed.store(true, AtomicOrdering::Release);
     }
 }
 
@@ -362,6 +461,7 @@ impl<D: Link> Device for Impair<D> {
 
     fn receive(&mut self, now: Instant) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
         self.note_time(now);
+        self.take_changes();
         let Impair {
             inner,
             egress,
@@ -435,6 +535,7 @@ impl<D: Link> Device for Impair<D> {
 
     fn transmit(&mut self, now: Instant) -> Option<Self::TxToken<'_>> {
         self.note_time(now);
+        self.take_changes();
         let Impair { inner, egress, .. } = self;
         push_due(inner, egress, now);
         if egress.passthrough && egress.held.is_empty() {
@@ -478,6 +579,7 @@ impl<D: Link> Link for Impair<D> {
 
     fn service(&mut self, now: Instant) {
         self.note_time(now);
+        self.take_changes();
         self.inner.service(now);
         push_due(&mut self.inner, &mut self.egress, now);
     }
@@ -704,6 +806,8 @@ struct Pipe {
     pool: Vec<Vec<u8>>,
     /// Buffers this direction ever allocated: stays small once the pool is warm.
     allocated: usize,
+    /// Frames still to drop outright ([`ImpairControl`]).
+    drop_next: u32,
     /// With a rate: when the link has sent the last frame scheduled on it, in
     /// nanoseconds (finer than the clock, so rounding does not add up over frames).
     link_free_nanos: i128,
@@ -722,9 +826,27 @@ impl Pipe {
             held: BinaryHeap::new(),
             pool: Vec::new(),
             allocated: 0,
+            drop_next: 0,
             link_free_nanos: i128::MIN,
             next_seq: 0,
             stats: DirectionStats::default(),
+        }
+    }
+
+    /// Takes a new impairment; held frames keep their schedule.
+    fn set(&mut self, impairment: Impairment) {
+        // Frames still held must come out the impaired way, so stay on it.
+        self.passthrough = impairment.is_none() && self.drop_next == 0 && self.held.is_empty();
+        self.delayed = !impairment.delay.is_zero() || !impairment.jitter.is_zero();
+        self.limit = impairment.effective_limit();
+        self.impairment = impairment;
+    }
+
+    /// Drops the next `n` frames too.
+    fn drop_next(&mut self, n: u32) {
+        if n > 0 {
+            self.drop_next = self.drop_next.saturating_add(n);
+            self.passthrough = false;
         }
     }
 
@@ -776,6 +898,14 @@ impl Pipe {
         } = self.impairment;
         self.stats.frames += 1;
 
+        if self.drop_next > 0 {
+            self.drop_next -= 1;
+            self.passthrough =
+                self.impairment.is_none() && self.drop_next == 0 && self.held.is_empty();
+            self.stats.lost += 1;
+            self.recycle(frame);
+            return;
+        }
         if happens(draws.loss, loss) {
             self.stats.lost += 1;
             self.recycle(frame);
@@ -1984,5 +2114,41 @@ mod tests {
             let error = parse_rate(input).unwrap_err();
             assert!(error.contains(message), "{input:?}: {error}");
         }
+    }
+
+    #[test]
+    fn control_drops_exactly_the_next_frames_then_changes_the_impairment() {
+        let (a, mut b) = wire_pair();
+        let mut a = Impair::new(a, ImpairConfig::default()).unwrap();
+        let control = a.control();
+        control.drop_next_egress(2);
+        for seq in 0..5 {
+            send(&mut a, ms(0), &frame(seq, 100));
+        }
+        let got: Vec<u32> = recv_all(&mut b, ms(0)).iter().map(|f| seq_of(f)).collect();
+        assert_eq!(got, [2, 3, 4], "the first two dropped, the rest untouched");
+        assert_eq!(a.stats().egress.lost, 2);
+
+        // A cut link: everything lost, both ways, until the control restores it.
+        let cut = Impairment {
+            loss: 100.0,
+            ..Impairment::default()
+        };
+        control.set_egress(cut).unwrap();
+        send(&mut a, ms(1), &frame(5, 100));
+        assert!(recv_all(&mut b, ms(1)).is_empty());
+        control.set_egress(Impairment::default()).unwrap();
+        send(&mut a, ms(2), &frame(6, 100));
+        let got: Vec<u32> = recv_all(&mut b, ms(2)).iter().map(|f| seq_of(f)).collect();
+        assert_eq!(got, [6]);
+        assert_eq!(a.config().egress, Impairment::default());
+        assert!(
+            control
+                .set_ingress(Impairment {
+                    loss: 101.0,
+                    ..Impairment::default()
+                })
+                .is_err()
+        );
     }
 }

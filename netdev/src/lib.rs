@@ -43,8 +43,8 @@ pub use capture::{Capture, Direction, FrameLog, FrameSink};
 pub use describe::describe;
 pub use fd::FdDevice;
 pub use impair::{
-    DirectionStats, Impair, ImpairConfig, ImpairStats, Impairment, parse_duration, parse_percent,
-    parse_rate,
+    DirectionStats, Impair, ImpairConfig, ImpairControl, ImpairStats, Impairment, parse_duration,
+    parse_percent, parse_rate,
 };
 pub use pcap::PcapFile;
 pub use tap::{Tap, TapOptions};

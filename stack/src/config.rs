@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use smoltcp::wire::{EthernetAddress, Ipv4Cidr};
 
-use crate::KeepAlive;
+use crate::{KeepAlive, Trace};
 
 /// How a [`crate::Stack`] presents itself on its link.
 ///
@@ -43,6 +43,9 @@ pub struct StackConfig {
     /// outstanding data before it fails with `TimedOut` (Linux gives up after about
     /// 15 minutes of retransmissions). Idle connections without keepalive never expire.
     pub retransmit_give_up: Duration,
+    /// Where to write a line per TCP segment and per state change ([`Trace`]); `None`
+    /// (the default) traces nothing.
+    pub trace: Option<Trace>,
 }
 
 impl Default for StackConfig {
@@ -56,6 +59,7 @@ impl Default for StackConfig {
             keepalive: Some(KeepAlive::new()),
             close_wait_warning: Duration::from_secs(30),
             retransmit_give_up: Duration::from_secs(15 * 60),
+            trace: None,
         }
     }
 }
@@ -77,6 +81,12 @@ impl StackConfig {
     /// Sets the default keepalive of TCP connections.
     pub fn with_keepalive(mut self, keepalive: Option<KeepAlive>) -> Self {
         self.keepalive = keepalive;
+        self
+    }
+
+    /// Traces every TCP segment and state change to `trace`.
+    pub fn with_trace(mut self, trace: Trace) -> Self {
+        self.trace = Some(trace);
         self
     }
 

@@ -19,9 +19,11 @@ mod driver;
 mod error;
 pub mod kernel;
 mod ping;
+mod sockets;
 mod staged;
 mod table;
 mod tcp;
+mod trace;
 mod wait;
 mod watch;
 
@@ -43,7 +45,9 @@ pub use config::{Ipv4Net, Mac, StackConfig};
 pub use conn::{Conn, DEFAULT_BACKLOG, Listener, Network};
 pub use error::OpError;
 pub use ping::Pinger;
+pub use sockets::SocketEntry;
 pub use tcp::{Dialer, Incoming, KeepAlive, ListenConfig, State, TcpInfo, TcpListener, TcpStream};
+pub use trace::Trace;
 
 use table::Tcp;
 use wait::Waiter;
@@ -132,7 +136,11 @@ impl Stack {
                 sockets: SocketSet::new(Vec::new()),
                 blocked: HashMap::new(),
                 next_blocked: 0,
-                tcp: Tcp::new(config.close_wait_warning, config.retransmit_give_up),
+                tcp: Tcp::new(
+                    config.close_wait_warning,
+                    config.retransmit_give_up,
+                    config.trace.clone(),
+                ),
             }),
             wake: EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?,
             wake_pending: AtomicBool::new(false),

@@ -30,6 +30,7 @@ use smoltcp::socket::tcp;
 use smoltcp::wire::{IpEndpoint, IpListenEndpoint};
 
 use crate::tcp::{KeepAlive, State};
+use crate::trace::{Trace, reason};
 use crate::wait::WaitList;
 use crate::watch::{Tuple, Watch};
 
@@ -282,6 +283,8 @@ pub(crate) struct ListenerMeta {
     pub(crate) opts: Opts,
     /// Sockets in LISTEN or SYN-RECEIVED.
     pool: Vec<SocketHandle>,
+    /// Pool sockets seen in SYN-RECEIVED, with their ends, for the trace's state lines.
+    syn_received: Vec<(SocketHandle, Tuple)>,
     /// Completed handshakes waiting for `accept`, in arrival order.
     pub(crate) ready: VecDeque<SocketHandle>,
     pub(crate) waiters: Arc<WaitList>,
@@ -311,14 +314,18 @@ pub(crate) struct Tcp {
 }
 
 impl Tcp {
-    pub(crate) fn new(close_wait_warning: Duration, retransmit_give_up: Duration) -> Tcp {
+    pub(crate) fn new(
+        close_wait_warning: Duration,
+        retransmit_give_up: Duration,
+        trace: Option<Trace>,
+    ) -> Tcp {
         Tcp {
             conns: HashMap::new(),
             by_tuple: HashMap::new(),
             listeners: HashMap::new(),
             next_listener: 0,
             next_port: *EPHEMERAL.start() + fastrand::u16(..16384),
-            watch: RefCell::default(),
+            watch: RefCell::new(Watch::new(trace)),
             ka_armed: Vec::new(),
             readers: Vec::new(),
             writers: Vec::new(),
@@ -343,8 +350,24 @@ impl Tcp {
             .insert(handle, ConnMeta::new(tuple, opts, state, now));
         self.by_tuple.insert(tuple, handle);
         self.watch.get_mut().track(tuple, now);
+        // A dial starts from CLOSED; a listener's connection completed its handshake.
+        let from = if state == State::SynSent {
+            State::Closed
+        } else {
+            State::SynReceived
+        };
+        self.trace_state(tuple, from, state, false, false);
         if let Some(ka) = opts.keepalive {
             self.schedule_keepalive(now + ka.idle());
+        }
+    }
+
+    /// A state line for the trace, if the stack is traced.
+    fn trace_state(&self, tuple: Tuple, from: State, to: State, closed: bool, aborted: bool) {
+        let watch = self.watch.borrow();
+        if let Some(trace) = &watch.trace {
+            let rst_rx = watch.get(&tuple).is_some_and(|w| w.rst_rx);
+            trace.state(tuple, from, to, reason(from, to, rst_rx, aborted, closed));
         }
     }
 
@@ -448,6 +471,7 @@ impl Tcp {
                 backlog,
                 opts,
                 pool: Vec::new(),
+                syn_received: Vec::new(),
                 ready: VecDeque::new(),
                 waiters: WaitList::new(),
                 deadline: None,
@@ -516,11 +540,23 @@ impl Tcp {
         };
         let (mut armed, mut half_open) = (0, 0);
         let mut completed = Vec::new();
+        let traced = self.watch.get_mut().trace.is_some();
+        let mut syn_lines = Vec::new();
+        let syn_received = &mut listener.syn_received;
         listener.pool.retain(|&handle| {
             let socket = sockets.get::<tcp::Socket>(handle);
             match socket.state() {
                 tcp::State::Listen => armed += 1,
-                tcp::State::SynReceived | tcp::State::SynSent => half_open += 1,
+                tcp::State::SynReceived | tcp::State::SynSent => {
+                    half_open += 1;
+                    if traced
+                        && !syn_received.iter().any(|(h, _)| *h == handle)
+                        && let Some((l, r)) = socket.local_endpoint().zip(socket.remote_endpoint())
+                    {
+                        syn_received.push((handle, (v4(l), v4(r))));
+                        syn_lines.push((v4(l), v4(r)));
+                    }
+                }
                 state => {
                     // Closed (or no longer addressed): freed below with the completed.
                     let ends = socket.local_endpoint().zip(socket.remote_endpoint());
@@ -531,6 +567,26 @@ impl Tcp {
             true
         });
         let opts = listener.opts;
+        let mut done = Vec::new();
+        listener.syn_received.retain(|&(h, tuple)| {
+            let finished = completed.iter().any(|c| c.0 == h);
+            if finished {
+                done.push((h, tuple));
+            }
+            !finished
+        });
+        for tuple in syn_lines {
+            self.trace_state(tuple, State::Listen, State::SynReceived, false, false);
+        }
+        for (handle, tuple) in done {
+            // Handshakes that completed are traced by add_conn; these ones failed.
+            if completed
+                .iter()
+                .any(|c| c.0 == handle && c.2 == tcp::State::Closed)
+            {
+                self.trace_state(tuple, State::SynReceived, State::Closed, false, false);
+            }
+        }
         let mut ready = Vec::new();
         for (handle, tuple, state) in completed {
             match tuple {
@@ -766,13 +822,19 @@ impl Tcp {
                 meta.state,
                 state
             );
+            let (tuple, from) = (meta.tuple, meta.state);
+            let (closed, aborted) = (meta.closed, meta.aborted);
             meta.state = state;
             meta.since = now;
             meta.warned = false;
-            if state == State::CloseWait && !meta.closed {
+            if state == State::CloseWait && !closed {
                 sooner(&mut self.next_chores, now + self.close_wait_warning);
             }
+            self.trace_state(tuple, from, state, closed, aborted);
         }
+        let Some(meta) = self.conns.get_mut(&handle) else {
+            return;
+        };
         if meta.opts.keepalive.is_none() {
             // smoltcp's one timeout would also end an idle connection; without keepalive,
             // only data the peer leaves unacknowledged may time out.

@@ -801,45 +801,44 @@ impl TcpStream {
     pub fn info(&self) -> io::Result<TcpInfo> {
         let inner = &self.inner;
         inner.with_core("info", |core| {
-            let meta = core
-                .tcp
-                .conns
-                .get(&inner.handle)
-                .ok_or_else(cause::closed)?;
-            let socket = core.sockets.get::<tcp::Socket>(inner.handle);
-            let state = State::from(socket.state());
-            let watch = core.tcp.watch.borrow();
-            let wire = watch.get(&meta.tuple);
-            let since = if state == meta.state {
-                meta.since
-            } else {
-                Instant::now()
-            };
-            Ok(TcpInfo {
-                state,
-                time_in_state: since.elapsed(),
-                local: SocketAddr::V4(inner.local),
-                peer: SocketAddr::V4(inner.peer),
-                send_queue: socket.send_queue(),
-                recv_queue: socket.recv_queue() + meta.ahead.len(),
-                read_buffer: meta.opts.read_buffer,
-                write_buffer: meta.opts.write_buffer,
-                recv_window: wire.map_or(0, |w| w.our_window),
-                peer_window: wire.map_or(0, |w| w.peer_window),
-                rtt: wire.and_then(|w| w.srtt),
-                rto: wire.and_then(|w| w.rto()),
-                retransmits: wire.map_or(0, |w| w.retransmits),
-                keepalive_probes: wire.map_or(0, |w| w.probes),
-                zero_window_probes: wire.map_or(0, |w| w.zero_window_probes),
-                acks_salvaged: wire.map_or(0, |w| w.acks_salvaged),
-                segments_in: wire.map_or(0, |w| w.segs_in),
-                segments_out: wire.map_or(0, |w| w.segs_out),
-                keepalive: meta.opts.keepalive,
-                linger: meta.opts.linger,
-                nodelay: meta.opts.nodelay,
-            })
+            conn_info(core, inner.handle, Instant::now()).ok_or_else(cause::closed)
         })
     }
+}
+
+/// The snapshot of connection `handle` as of `now`, if the stack still holds it: what
+/// [`TcpStream::info`] returns, and what [`Stack::sockets`] lists for each connection.
+pub(crate) fn conn_info(core: &Core, handle: SocketHandle, now: Instant) -> Option<TcpInfo> {
+    let meta = core.tcp.conns.get(&handle)?;
+    let socket = core.sockets.get::<tcp::Socket>(handle);
+    let state = State::from(socket.state());
+    let watch = core.tcp.watch.borrow();
+    let wire = watch.get(&meta.tuple);
+    // A change the driver has not noted yet happened just now.
+    let since = if state == meta.state { meta.since } else { now };
+    Some(TcpInfo {
+        state,
+        time_in_state: now.saturating_duration_since(since),
+        local: SocketAddr::V4(meta.tuple.0),
+        peer: SocketAddr::V4(meta.tuple.1),
+        send_queue: socket.send_queue(),
+        recv_queue: socket.recv_queue() + meta.ahead.len(),
+        read_buffer: meta.opts.read_buffer,
+        write_buffer: meta.opts.write_buffer,
+        recv_window: wire.map_or(0, |w| w.our_window),
+        peer_window: wire.map_or(0, |w| w.peer_window),
+        rtt: wire.and_then(|w| w.srtt),
+        rto: wire.and_then(|w| w.rto()),
+        retransmits: wire.map_or(0, |w| w.retransmits),
+        keepalive_probes: wire.map_or(0, |w| w.probes),
+        zero_window_probes: wire.map_or(0, |w| w.zero_window_probes),
+        acks_salvaged: wire.map_or(0, |w| w.acks_salvaged),
+        segments_in: wire.map_or(0, |w| w.segs_in),
+        segments_out: wire.map_or(0, |w| w.segs_out),
+        keepalive: meta.opts.keepalive,
+        linger: meta.opts.linger,
+        nodelay: meta.opts.nodelay,
+    })
 }
 
 fn fixed_size(which: &str, has: usize, want: usize) -> io::Result<()> {
@@ -1044,8 +1043,10 @@ impl StreamInner {
                     tcp::State::SynSent | tcp::State::SynReceived => {}
                     tcp::State::Established | tcp::State::CloseWait if !with_driver => {
                         // With data in flight, its ACKs run the driver, which sends what
-                        // is queued; only a quiet connection needs waking.
-                        let quiet = socket.send_queue() == 0;
+                        // is queued, as Nagle's algorithm would wait for them anyway
+                        // (RFC 896); a quiet connection, or one with Nagle off, must
+                        // send now.
+                        let quiet = socket.send_queue() == 0 || !socket.nagle_enabled();
                         if let Ok(n) = socket.send_slice(&buf[written..])
                             && n > 0
                         {

@@ -33,6 +33,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use smoltcp::phy::{self, Device, DeviceCapabilities};
+
+use crate::trace::{Dir, Isns, Note, Trace};
 use smoltcp::wire::{
     EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpOption, TcpPacket, TcpSeqNumber,
 };
@@ -200,6 +202,17 @@ pub(crate) struct Watch {
     half_open: usize,
     /// Bare ACKs salvaged from dropped segments, for smoltcp to take next.
     salvaged: Vec<Vec<u8>>,
+    /// Where segment lines go, when the stack is traced.
+    pub(crate) trace: Option<Trace>,
+    isns: Isns,
+}
+
+/// What the watch made of one segment, for its trace line.
+#[derive(Default)]
+struct Seen {
+    /// The window in bytes, scaled, once the watch knows the scale.
+    window: Option<u32>,
+    note: Option<Note>,
 }
 
 /// What to do with an arriving frame.
@@ -210,6 +223,14 @@ enum Verdict {
 }
 
 impl Watch {
+    /// A watch that traces segments to `trace`, if given.
+    pub(crate) fn new(trace: Option<Trace>) -> Watch {
+        Watch {
+            trace,
+            ..Watch::default()
+        }
+    }
+
     pub(crate) fn track(&mut self, tuple: Tuple, now: Instant) {
         let wire = self.conns.entry(tuple).or_insert_with(|| Wire::new(now));
         if std::mem::take(&mut wire.half_open) {
@@ -308,6 +329,23 @@ impl Watch {
     }
 
     fn inbound(&mut self, frame: &[u8], now: Instant) -> Verdict {
+        let mut seen = Seen::default();
+        let verdict = self.observe_in(frame, now, &mut seen);
+        if let Some(trace) = &self.trace {
+            trace.segment(&mut self.isns, Dir::In, frame, seen.window, seen.note);
+        }
+        verdict
+    }
+
+    fn outbound(&mut self, frame: &[u8], now: Instant) {
+        let mut seen = Seen::default();
+        self.observe_out(frame, now, &mut seen);
+        if let Some(trace) = &self.trace {
+            trace.segment(&mut self.isns, Dir::Out, frame, seen.window, seen.note);
+        }
+    }
+
+    fn observe_in(&mut self, frame: &[u8], now: Instant, seen: &mut Seen) -> Verdict {
         if !self.active {
             return Verdict::Pass;
         }
@@ -342,6 +380,7 @@ impl Watch {
                 wire.peer_shift.unwrap_or(0)
             };
             wire.peer_window = u32::from(seg.window) << shift.min(14);
+            seen.window = wire.peer_shift.map(|_| wire.peer_window);
             if let (Some(ack), Some((until, sent))) = (seg.ack, wire.timing)
                 && ack >= until
             {
@@ -353,6 +392,7 @@ impl Watch {
                 && let Some(bare) = bare_ack(frame, rcv_nxt)
             {
                 wire.acks_salvaged += 1;
+                seen.note = Some(Note::AckSalvaged);
                 log::debug!(
                     "{} -> {}: salvaged ACK {} from a segment outside our window",
                     seg.src,
@@ -375,6 +415,7 @@ impl Watch {
         }
         if gate.open == 0 {
             gate.dropped += 1;
+            seen.note = Some(Note::BacklogFull);
             log::debug!(
                 "listener {}:{} is full: dropped a SYN from {}",
                 gate.addr,
@@ -397,7 +438,7 @@ impl Watch {
         Verdict::Pass
     }
 
-    fn outbound(&mut self, frame: &[u8], now: Instant) {
+    fn observe_out(&mut self, frame: &[u8], now: Instant, seen: &mut Seen) {
         if !self.active {
             return;
         }
@@ -427,6 +468,7 @@ impl Watch {
             wire.our_shift.unwrap_or(0)
         };
         wire.our_window = u32::from(seg.window) << shift.min(14);
+        seen.window = wire.our_shift.map(|_| wire.our_window);
         if let Some(ack) = seg.ack
             && !seg.rst
         {
@@ -437,21 +479,32 @@ impl Watch {
             let end = seg.seq + len as usize;
             match wire.snd_max {
                 // RFC 1122 §4.2.3.6: a keepalive probe is one old byte just below snd_max.
-                Some(max) if seg.payload_len == 1 && end == max && wire.timing.is_none() => {
+                // Into a zero window, smoltcp probes with one new byte, then sends that
+                // same byte again at each probe (RFC 9293 §3.8.6.1): never a retransmission.
+                Some(max)
+                    if seg.payload_len == 1
+                        && end == max
+                        && (wire.timing.is_none() || wire.peer_window == 0) =>
+                {
                     if wire.peer_window == 0 {
+                        wire.timing = None; // Karn: a probe byte sent again is not timed.
                         wire.zero_window_probes += 1;
+                        seen.note = Some(Note::ZeroWindowProbe);
                     } else {
                         wire.probes += 1;
                         wire.probes_out += 1;
+                        seen.note = Some(Note::KeepaliveProbe);
                     }
                 }
                 Some(max) if end <= max => {
                     wire.retransmits += 1;
+                    seen.note = Some(Note::Retransmission);
                     wire.timing = None; // Karn: never time a retransmitted segment.
                 }
                 _ => {
                     if wire.peer_window == 0 && seg.payload_len == 1 && wire.snd_max.is_some() {
                         wire.zero_window_probes += 1;
+                        seen.note = Some(Note::ZeroWindowProbe);
                     }
                     if wire.timing.is_none() {
                         wire.timing = Some((end, now));

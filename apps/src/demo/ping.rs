@@ -1,4 +1,4 @@
-//! `tapnet demo`: two stacks on an in-memory wire, narrated frame by frame.
+//! `tapnet demo ping`: two stacks on an in-memory wire, narrated frame by frame.
 //!
 //! Runs without root. Alice (10.0.0.1) pings Bob (10.0.0.2); every frame that crosses the
 //! wire is printed as one line, then each round trip and a summary like ping's.
@@ -7,46 +7,13 @@ use std::io;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use clap::{Args, ValueEnum};
 use netdev::{Direction, FrameLog, FrameSink, WireOptions, describe, wire};
 use stack::{Ipv4Net, Mac, Stack, StackConfig};
 
-use crate::device::DeviceArgs;
+use super::DemoArgs;
 
-/// Options of `tapnet demo`.
-#[derive(Args, Debug)]
-pub struct DemoArgs {
-    /// Which demo to run
-    #[arg(value_enum, default_value_t = Demo::Ping)]
-    pub name: Demo,
-    /// Echo requests to send
-    #[arg(short = 'c', long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
-    pub count: u16,
-    /// Time between requests, e.g. 200ms
-    #[arg(short = 'i', long, value_name = "TIME", default_value = "200ms", value_parser = netdev::parse_duration)]
-    pub interval: Duration,
-    /// How long to wait for each reply, e.g. 1s
-    #[arg(short = 'W', long, value_name = "TIME", default_value = "1s", value_parser = netdev::parse_duration)]
-    pub timeout: Duration,
-    /// Device options; the impairment applies to Alice's end of the wire, --addr to Bob
-    #[command(flatten)]
-    pub device: DeviceArgs,
-}
-
-/// The demos there are.
-#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Demo {
-    /// ARP, then ICMP echo requests and replies
-    Ping,
-}
-
-pub fn run(args: DemoArgs) -> io::Result<ExitCode> {
-    match args.name {
-        Demo::Ping => ping(args),
-    }
-}
-
-fn ping(args: DemoArgs) -> io::Result<ExitCode> {
+/// ARP, then ICMP echo requests and replies between two stacks on the wire.
+pub fn run(args: &DemoArgs) -> io::Result<ExitCode> {
     let dev = &args.device;
     if dev.tap.is_some() {
         return Err(io::Error::new(
