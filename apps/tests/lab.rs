@@ -20,7 +20,8 @@ use common::TAPNET;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tapnet_tests::{
-    Failed, REQUIRE_ROOT, TempDir, TestResult, check, in_netns, plain, root, run, wait_bounded,
+    Failed, REQUIRE_ROOT, TempDir, TestResult, check, in_netns, plain, root, run, run_text,
+    wait_bounded,
 };
 
 /// The lab script under test.
@@ -392,30 +393,20 @@ impl Drop for Server {
 /// Runs `vagrant/lab ARGS` (bounded): exit code, stdout, stderr.
 fn lab(args: &[&str]) -> Result<(i32, String, String), Failed> {
     check!(Path::new(LAB).exists(), "{LAB} is missing");
-    let out = run(
+    run_text(
         Command::new(LAB).args(args).env_remove("LAB_PREFIX"),
         Duration::from_secs(60),
-    )?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    )
 }
 
 /// `curl ARGS` inside namespace `ns` (bounded): exit code, stdout, stderr.
 fn curl(ns: &str, args: &[&str]) -> Result<(i32, String, String), Failed> {
-    let out = run(
+    run_text(
         Command::new("ip")
             .args(["netns", "exec", ns, "curl"])
             .args(args),
         Duration::from_secs(30),
-    )?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    )
 }
 
 /// `ip ARGS` (bounded), its stdout.

@@ -23,7 +23,7 @@ use nix::unistd::Pid;
 use serde_json::Value;
 use tapnet_tests::{
     Failed, KERNEL_ADDR, STACK_ADDR, TempDir, TestResult, check, eventually, in_netns, plain, root,
-    run, wait_bounded,
+    run, run_text, wait_bounded,
 };
 
 fn main() {
@@ -50,18 +50,13 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// `tapnet ss ARGS` with `XDG_RUNTIME_DIR=runtime`: exit code, stdout, stderr.
 fn ss(runtime: &Path, args: &[&str]) -> Result<(i32, String, String), Failed> {
-    let out = run(
+    run_text(
         Command::new(TAPNET)
             .arg("ss")
             .args(args)
             .env("XDG_RUNTIME_DIR", runtime),
         Duration::from_secs(30),
-    )?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    )
 }
 
 /// `tapnet ss ARGS` that must succeed; its stdout.

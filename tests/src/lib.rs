@@ -119,6 +119,16 @@ pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output, Failed> {
     wait_bounded(child, timeout).map_err(|e| format!("{cmd:?}: {e}").into())
 }
 
+/// [`run`], as a test reads it: the exit code (-1 if killed), stdout, stderr.
+pub fn run_text(cmd: &mut Command, timeout: Duration) -> Result<(i32, String, String), Failed> {
+    let out = run(cmd, timeout)?;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// Waits for `child` for at most `timeout`, then kills it. Output is collected either way,
 /// by threads that drain the pipes meanwhile, so a child that prints more than a pipe
 /// holds does not stall.

@@ -8,13 +8,12 @@
 //! [`print_table`], the socket table as narration, is shared with the other close demos.
 
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use stack::{SocketEntry, Stack, State};
 
-use super::{DemoArgs, Lab, PORT};
+use super::{DemoArgs, Lab, PORT, SERVER};
 
 /// How long the server waits between reading the end of the stream and closing, so that
 /// CLOSE-WAIT and FIN-WAIT-2 can be seen.
@@ -23,7 +22,7 @@ const PAUSE: Duration = Duration::from_millis(300);
 /// Runs the demo.
 pub fn run(args: &DemoArgs) -> io::Result<ExitCode> {
     let lab = Lab::new(args, |c| c)?;
-    let server_addr = SocketAddr::from(([10, 0, 0, 2], PORT));
+    let server_addr = SERVER;
     let listener = lab.server.listen(server_addr)?;
     lab.say(&format!("The server listens on {server_addr}."));
     let Some(client) = &lab.client else {

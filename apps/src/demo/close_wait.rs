@@ -6,14 +6,13 @@
 //! closes when it is done: CLOSE-WAIT → LAST-ACK → CLOSED at once.
 
 use std::io::{self, Read};
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use stack::{SocketEntry, StackConfig, State, TcpListener, TcpStream};
 
 use super::close::print_table;
-use super::{DemoArgs, Lab, PORT};
+use super::{DemoArgs, Lab, PORT, SERVER};
 
 /// The stack's default CLOSE-WAIT warning, 30 s, is too long for a demo: unless the user
 /// gives `--close-wait-warning`, the demo warns after this.
@@ -26,7 +25,7 @@ pub fn run(args: &DemoArgs) -> io::Result<ExitCode> {
         ..c
     })?;
     let warning = lab.server.config().close_wait_warning;
-    let server_addr = SocketAddr::from(([10, 0, 0, 2], PORT));
+    let server_addr = SERVER;
     let listener = lab.server.listen(server_addr)?;
     lab.say(&format!(
         "The server listens on {server_addr}. Its handler is Listing 4-27's: read until an \

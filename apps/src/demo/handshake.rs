@@ -3,19 +3,18 @@
 //! SACK permitted (RFC 2018).
 
 use std::io;
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use stack::StackConfig;
 
-use super::{DemoArgs, Lab, PORT};
+use super::{DemoArgs, Lab, PORT, SERVER};
 
 /// Runs the demo.
 pub fn run(args: &DemoArgs) -> io::Result<ExitCode> {
     // A 1 MiB receive buffer needs a window scale of 5: 65535 << 5 covers it.
     let lab = Lab::new(args, |c: StackConfig| c.with_buffers(1 << 20, 256 << 10))?;
-    let server_addr = SocketAddr::from(([10, 0, 0, 2], PORT));
+    let server_addr = SERVER;
     let listener = lab.server.listen(server_addr)?;
     lab.say(&format!(
         "The server listens on {server_addr}. Its listening socket has no peer yet: LISTEN."

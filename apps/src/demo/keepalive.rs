@@ -8,7 +8,6 @@
 //! error.
 
 use std::io::{self, Read};
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use std::time::{Duration, Instant};
 use netdev::Impairment;
 use stack::{KeepAlive, State};
 
-use super::{DemoArgs, Lab, PORT};
+use super::{DemoArgs, Lab, SERVER};
 
 /// Short settings, so that the demo takes seconds (Go's defaults are 15 s, 15 s, 9).
 const KEEPALIVE: KeepAlive = KeepAlive::new()
@@ -30,7 +29,7 @@ const ANSWERED: u64 = 2;
 pub fn run(args: &DemoArgs) -> io::Result<ExitCode> {
     let lab = Lab::new(args, |c| c)?;
     let client = lab.client()?;
-    let server_addr = SocketAddr::from(([10, 0, 0, 2], PORT));
+    let server_addr = SERVER;
     let listener = lab
         .server
         .listen_config()

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use stack::{Stack, State, TcpListener, TcpStream};
 
-use super::{DemoArgs, Lab, PORT};
+use super::{DemoArgs, Lab, SERVER};
 
 /// The server's receive buffer: the largest window it can advertise.
 const SERVER_BUFFER: usize = 2048;
@@ -33,7 +33,7 @@ const LINGER: Duration = Duration::from_millis(1500);
 pub fn run(args: &DemoArgs) -> io::Result<ExitCode> {
     let lab = Lab::new(args, |c| c)?;
     let client = lab.client()?;
-    let server_addr = SocketAddr::from(([10, 0, 0, 2], PORT));
+    let server_addr = SERVER;
     let listener = lab
         .server
         .listen_config()

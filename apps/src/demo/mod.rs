@@ -23,6 +23,7 @@ mod retransmit;
 mod zero_window;
 
 use std::io::{self, IsTerminal};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -115,6 +116,9 @@ pub fn run(args: DemoArgs) -> io::Result<ExitCode> {
 /// The port a demo's server listens on.
 pub const PORT: u16 = 7;
 
+/// Where a demo's server listens: 10.0.0.2, port [`PORT`].
+pub const SERVER: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), PORT));
+
 /// Two stacks for a demo: a client at 10.0.0.1 and a server at 10.0.0.2, on one wire
 /// (or the server alone on a TAP, with `--tap`), traced into one stream on stdout.
 pub struct Lab {
@@ -204,6 +208,14 @@ impl Lab {
                 "this demo needs both stacks on the in-memory wire; run it without --tap",
             )
         })
+    }
+
+    /// The control of the client's end of the wire (`--tap` has no client stack).
+    pub fn client_link(&self) -> io::Result<&ImpairControl> {
+        self.client()?;
+        self.client_link
+            .as_ref()
+            .ok_or_else(|| io::Error::other("the client's end of the wire has no control"))
     }
 
     /// Ends the demo: lets both stacks finish (bounded), stops them (completing a

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use netdev::Impairment;
 use stack::{Stack, TcpListener};
 
-use super::{DemoArgs, Lab, PORT};
+use super::{DemoArgs, Lab, SERVER};
 
 /// Writes per run.
 const WRITES: usize = 50;
@@ -28,10 +28,8 @@ const LINK_DELAY: Duration = Duration::from_millis(20);
 pub fn run(args: &DemoArgs) -> io::Result<ExitCode> {
     let lab = Lab::new(args, |c| c)?;
     let client = lab.client()?;
-    let link = lab.client_link.as_ref().ok_or_else(|| {
-        io::Error::other("the client's end of the wire has no impairment control")
-    })?;
-    let server_addr = SocketAddr::from(([10, 0, 0, 2], PORT));
+    let link = lab.client_link()?;
+    let server_addr = SERVER;
     let listener = lab.server.listen(server_addr)?;
     link.set_egress(Impairment {
         delay: LINK_DELAY,

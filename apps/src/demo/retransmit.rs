@@ -4,14 +4,13 @@
 //! the segments after it arrived (fast retransmit, RFC 5681 §3.2).
 
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use stack::TcpStream;
 
-use super::{DemoArgs, Lab, PORT};
+use super::{DemoArgs, Lab, SERVER};
 
 /// The data of the RTO case: one small segment.
 const LONE: usize = 100;
@@ -27,10 +26,8 @@ const MSS: usize = 1460;
 pub fn run(args: &DemoArgs) -> io::Result<ExitCode> {
     let lab = Lab::new(args, |c| c)?;
     let client = lab.client()?;
-    let link = lab.client_link.as_ref().ok_or_else(|| {
-        io::Error::other("the client's end of the wire has no impairment control")
-    })?;
-    let server_addr = SocketAddr::from(([10, 0, 0, 2], PORT));
+    let link = lab.client_link()?;
+    let server_addr = SERVER;
     let listener = lab.server.listen(server_addr)?;
     let conn = client.dial_timeout(server_addr, Duration::from_secs(5))?;
     let (accepted, _) = listener.accept_timeout(Duration::from_secs(5))?;

@@ -5,14 +5,14 @@
 //! reads again and the window reopens.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddr};
+use std::net::Shutdown;
 use std::process::ExitCode;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use stack::{TcpListener, TcpStream};
 
-use super::{DemoArgs, Lab, PORT};
+use super::{DemoArgs, Lab, PORT, SERVER};
 
 /// The reader's receive buffer: the largest window it can advertise.
 const READ_BUFFER: usize = 8 << 10;
@@ -26,7 +26,7 @@ const WRITE_DEADLINE: Duration = Duration::from_millis(500);
 /// Runs the demo.
 pub fn run(args: &DemoArgs) -> io::Result<ExitCode> {
     let lab = Lab::new(args, |c| c)?;
-    let server_addr = SocketAddr::from(([10, 0, 0, 2], PORT));
+    let server_addr = SERVER;
     let listener = lab
         .server
         .listen_config()

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tapnet_tests::{Failed, TempDir, eventually, kernel_side_up, run, wait_bounded};
+use tapnet_tests::{Failed, TempDir, eventually, kernel_side_up, run_text, wait_bounded};
 
 /// The binary under test.
 pub const TAPNET: &str = env!("CARGO_BIN_EXE_tapnet");
@@ -22,12 +22,7 @@ pub fn tapnet(args: &[&str]) -> Result<(i32, String, String), Failed> {
 
 /// [`tapnet`], killed after `timeout`.
 pub fn tapnet_within(args: &[&str], timeout: Duration) -> Result<(i32, String, String), Failed> {
-    let out = run(Command::new(TAPNET).args(args), timeout)?;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    run_text(Command::new(TAPNET).args(args), timeout)
 }
 
 /// Makes tap0 and gives its kernel side 10.0.0.1/24 before tapnet opens it, so kernel
