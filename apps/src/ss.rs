@@ -197,10 +197,8 @@ fn table(report: &Report, show: &dyn Fn(&Entry) -> bool, info: bool) -> String {
             state.push('!');
             overdue = true;
         }
-        let peer = e.peer.clone().unwrap_or_else(|| {
-            let ip = e.local.rsplit_once(':').map_or("0.0.0.0", |(ip, _)| ip);
-            format!("{ip}:*")
-        });
+        // A listener has no peer: any address, any port, as `ss` prints it.
+        let peer = e.peer.clone().unwrap_or_else(|| "0.0.0.0:*".into());
         rows.push([
             state,
             e.recv_q.to_string(),

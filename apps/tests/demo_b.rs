@@ -29,12 +29,49 @@ fn main() {
             retransmit,
         ),
         plain("retransmit_with_pcap_writes_the_frames", pcap),
+        plain("a_running_demo_shows_its_stacks_in_tapnet_ss", demo_in_ss),
         root(
             "zero_window_on_a_tap_closes_the_window_to_a_kernel_writer",
             zero_window_tap,
         ),
         root("nagle_on_a_tap_says_it_needs_both_stacks", nagle_tap),
     ])
+}
+
+/// While a demo runs, `tapnet ss` finds both of its stacks by their names.
+fn demo_in_ss() -> TestResult {
+    use std::process::{Command, Stdio};
+    let runtime = TempDir::new("demo-ss")?;
+    let env = ("XDG_RUNTIME_DIR", runtime.join(""));
+    // The keepalive demo keeps its connection idle for seconds.
+    let mut child = Command::new(common::TAPNET)
+        .args(["demo", "keepalive", "--seed", "1"])
+        .env(env.0, &env.1)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut table = String::new();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline && !table.contains("ESTAB") {
+        std::thread::sleep(Duration::from_millis(100));
+        let out = tapnet_tests::run(
+            Command::new(common::TAPNET)
+                .args(["ss", "-a", "--tap", "demo-server"])
+                .env(env.0, &env.1),
+            Duration::from_secs(10),
+        )?;
+        table = String::from_utf8_lossy(&out.stdout).into_owned();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let has = |parts: &[&str]| table.lines().any(|l| parts.iter().all(|p| l.contains(p)));
+    check!(
+        table.contains("tapnet on demo-server")
+            && has(&["LISTEN", "10.0.0.2:7", "0.0.0.0:*"])
+            && has(&["ESTAB", "10.0.0.2:7", "10.0.0.1:"]),
+        "tapnet ss --tap demo-server during the demo:\n{table}"
+    );
+    Ok(())
 }
 
 /// Runs `tapnet demo ARGS --seed 1` and returns its stdout, failing unless it exits 0.

@@ -8,7 +8,8 @@
 //! behind an impairment device the demo can change while it runs ([`ImpairControl`]),
 //! one trace for both. `--seed` makes a run repeatable, `--pcap FILE` captures the wire
 //! (at the client's end), `--tap NAME` puts the server on a real TAP instead, for the
-//! demos that have a server side a kernel client can talk to.
+//! demos that have a server side a kernel client can talk to. While a demo runs,
+//! `tapnet ss --tap demo-server` (or `demo-client`) shows that stack's socket table.
 //!
 //! Each demo lives in a module of its own here; [`Demo`] lists them.
 
@@ -31,6 +32,7 @@ use clap::{Args, ValueEnum};
 use netdev::{Impair, ImpairConfig, ImpairControl, Tap, TapOptions, WireOptions, wire};
 use stack::{Mac, Stack, StackConfig, Trace};
 
+use crate::control;
 use crate::device::DeviceArgs;
 
 /// Options of `tapnet demo`.
@@ -130,6 +132,8 @@ pub struct Lab {
     /// Changes the server's end of the wire (or the TAP) while the demo runs.
     pub server_link: ImpairControl,
     trace: Trace,
+    /// Both stacks' control sockets, so `tapnet ss` sees them while the demo runs.
+    _control: Vec<control::Guard>,
 }
 
 impl Lab {
@@ -163,6 +167,7 @@ impl Lab {
             let server_link = server_end.control();
             let server = Stack::new(server_end, config("10.0.0.2/24", 2, "server"))?;
             return Ok(Lab {
+                _control: control::serve(&server, name).into_iter().collect(),
                 client: None,
                 server,
                 client_link: None,
@@ -185,7 +190,12 @@ impl Lab {
         let (client_link, server_link) = (client_end.control(), server_end.control());
         let client = Stack::new(client_end, config("10.0.0.1/24", 1, "client"))?;
         let server = Stack::new(server_end, config("10.0.0.2/24", 2, "server"))?;
+        let control = [(&client, "demo-client"), (&server, "demo-server")]
+            .into_iter()
+            .filter_map(|(stack, name)| control::serve(stack, name))
+            .collect();
         Ok(Lab {
+            _control: control,
             client: Some(client),
             server,
             client_link: Some(client_link),
