@@ -51,6 +51,8 @@ pub fn run(args: &DemoArgs) -> io::Result<ExitCode> {
     }));
     let alice = Stack::new(dev.wrap(alice_end, Some(printer))?, alice_config)?;
     let bob = Stack::new(bob_end, bob_config)?;
+    let _control = [(&alice, "demo-client"), (&bob, "demo-server")]
+        .map(|(stack, name)| crate::control::serve(stack, name));
     let target = bob_net.addr;
     say!(
         "alice {} ({}) pings bob {} ({}) over an in-memory wire\n",
