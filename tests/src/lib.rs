@@ -15,6 +15,8 @@
 //! libtest-mimic). Without root, root tests are reported as ignored, and a banner counts
 //! them; with `TAPNET_REQUIRE_ROOT=1` set (CI sets it) they fail instead.
 
+pub mod raw;
+
 use std::io::{self, Read};
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Output, Stdio};

@@ -27,6 +27,10 @@ fn main() {
             closed_port_refused,
         ),
         root("an_existing_tap_is_attached_and_its_mtu_read", existing_tap),
+        root(
+            "a_raw_peer_injects_an_arp_request_and_captures_the_reply",
+            raw_peer_arp,
+        ),
         root("the_mtu_option_overrides_the_interface", mtu_override),
         root(
             "a_tap_deleted_under_a_running_stack_does_no_harm",
@@ -147,6 +151,53 @@ fn closed_port_refused() -> TestResult {
             Err(e) if e.kind() == ErrorKind::ConnectionRefused => Ok(()),
             other => Err(format!("connect to {addr}: expected refused, got {other:?}").into()),
         }
+    })
+}
+
+/// The harness's raw peer: a hand-made ARP request from an address the kernel does not
+/// hold goes into the TAP, and the stack's reply to it comes back to the peer.
+fn raw_peer_arp() -> TestResult {
+    use smoltcp::wire::{ArpRepr, EthernetAddress, EthernetRepr, Ipv4Address};
+    in_netns(|| {
+        let tap = Tap::open("tap0", &TapOptions::default())?;
+        kernel_side_up("tap0")?;
+        let _stack = Stack::new(tap, stack_config())?;
+        let mut peer = tapnet_tests::raw::RawPeer::open("tap0")?;
+        let me = EthernetAddress([0x02, 0xaa, 0, 0, 0, 7]);
+        let asker = Ipv4Address::new(10, 0, 0, 7);
+        let arp = ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Request,
+            source_hardware_addr: me,
+            source_protocol_addr: asker,
+            target_hardware_addr: EthernetAddress([0; 6]),
+            target_protocol_addr: STACK_ADDR,
+        };
+        let eth = EthernetRepr {
+            src_addr: me,
+            dst_addr: EthernetAddress::BROADCAST,
+            ethertype: EthernetProtocol::Arp,
+        };
+        let mut frame = vec![0u8; eth.buffer_len() + arp.buffer_len()];
+        let mut packet = EthernetFrame::new_unchecked(&mut frame[..]);
+        eth.emit(&mut packet);
+        arp.emit(&mut ArpPacket::new_unchecked(packet.payload_mut()));
+        peer.send(&frame)?;
+        let reply = peer.recv_matching(Duration::from_secs(5), |f| {
+            EthernetFrame::new_checked(f).is_ok_and(|e| e.dst_addr() == me)
+        })?;
+        let reply = reply.ok_or("no ARP reply to the raw peer within 5 s")?;
+        let eth = EthernetFrame::new_checked(&reply[..])?;
+        let arp = ArpRepr::parse(&ArpPacket::new_checked(eth.payload())?)?;
+        check!(
+            matches!(arp, ArpRepr::EthernetIpv4 {
+                operation: ArpOperation::Reply,
+                source_protocol_addr,
+                target_protocol_addr,
+                ..
+            } if source_protocol_addr == STACK_ADDR && target_protocol_addr == asker),
+            "not the reply expected: {arp:?}"
+        );
+        Ok(())
     })
 }
 

@@ -1,0 +1,3 @@
+//! PLACEHOLDER (a helper replaces this file).
+
+fn main() {}
