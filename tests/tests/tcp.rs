@@ -394,10 +394,12 @@ fn wire_keepalive_silent() -> TestResult {
     )?;
     let listener = bob.listen("0.0.0.0:10".parse()?)?;
     let client = alice.dial("10.0.0.2:10".parse()?)?;
+    // Alice's handshake ACK is the connection's last segment: her idle time runs from
+    // here, however long what follows takes on a busy machine.
+    let start = Instant::now();
     let (_server, _) = listener.accept()?;
     // Bob vanishes: his stack stops answering anything.
     bob.stop();
-    let start = Instant::now();
     let mut buf = [0; 8];
     let err = (&client).read(&mut buf).unwrap_err();
     let took = start.elapsed();
@@ -405,7 +407,7 @@ fn wire_keepalive_silent() -> TestResult {
     check!(err.to_string().contains("connection timed out"), "{err}");
     // idle + interval × count = 600 ms after the last word from bob.
     check!(
-        took >= Duration::from_millis(550) && took < Duration::from_millis(1500),
+        took >= Duration::from_millis(550) && took < Duration::from_millis(2000),
         "gave up after {took:?}"
     );
     check!(client.info()?.keepalive_probes >= 3, "{:?}", client.info()?);
