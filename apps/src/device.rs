@@ -40,6 +40,10 @@ pub struct DeviceArgs {
     /// Write every frame, both directions, to a pcap file
     #[arg(long, value_name = "FILE")]
     pub pcap: Option<PathBuf>,
+    /// Most TCP sockets the stack holds at once [default: 4096]: at the limit, dials fail
+    /// and new SYNs go unanswered until sockets free up
+    #[arg(long, value_name = "N")]
+    pub max_sockets: Option<usize>,
     /// Print a line per TCP segment in and out, and per state change, to stderr
     #[arg(long)]
     pub trace: bool,
@@ -186,6 +190,9 @@ impl DeviceArgs {
         };
         config.gateway = self.gateway;
         config.mac = self.mac;
+        if let Some(max) = self.max_sockets {
+            config.max_sockets = max;
+        }
         if let Some(warning) = self.close_wait_warning {
             config.close_wait_warning = warning;
         }

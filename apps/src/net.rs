@@ -41,6 +41,7 @@ pub struct NetArgs {
     #[arg(long, conflicts_with_all = [
         "tap", "addrs", "gateway", "mac", "mtu", "pcap", "loss", "delay", "jitter",
         "reorder", "duplicate", "corrupt", "rate", "close_wait_warning", "trace",
+        "max_sockets",
     ])]
     pub kernel: bool,
     #[command(flatten)]

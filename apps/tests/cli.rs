@@ -129,6 +129,7 @@ fn help() -> TestResult {
         "--seed",
         "--trace",
         "--close-wait-warning",
+        "--max-sockets",
     ] {
         check!(
             out.contains(option),

@@ -46,7 +46,18 @@ pub struct StackConfig {
     /// Where to write a line per TCP segment and per state change ([`Trace`]); `None`
     /// (the default) traces nothing.
     pub trace: Option<Trace>,
+    /// The most TCP sockets the stack holds at once: connections (orphans and TIME-WAIT
+    /// included) and each listener's sockets (up to two armed in LISTEN, plus the
+    /// half-open ones in SYN-RECEIVED). At the limit a dial fails with `QuotaExceeded`,
+    /// and a listener whose armed sockets are used up drops SYNs unanswered, so clients
+    /// retry; established connections carry on. A TIME-WAIT left by a closed connection
+    /// yields its place to a new socket. Default 4096.
+    pub max_sockets: usize,
 }
+
+/// [`StackConfig::max_sockets`]'s default. With the default 256 KiB buffers each way,
+/// that many connections may hold up to 2 GiB of buffers.
+pub(crate) const DEFAULT_MAX_SOCKETS: usize = 4096;
 
 impl Default for StackConfig {
     fn default() -> Self {
@@ -60,6 +71,7 @@ impl Default for StackConfig {
             close_wait_warning: Duration::from_secs(30),
             retransmit_give_up: Duration::from_secs(15 * 60),
             trace: None,
+            max_sockets: DEFAULT_MAX_SOCKETS,
         }
     }
 }
@@ -93,6 +105,19 @@ impl StackConfig {
     /// Sets how long unacknowledged data may wait on a silent peer (without keepalive).
     pub fn with_retransmit_give_up(mut self, after: Duration) -> Self {
         self.retransmit_give_up = after;
+        self
+    }
+
+    /// Sets the most TCP sockets the stack holds at once (see
+    /// [`StackConfig::max_sockets`]).
+    ///
+    /// ```
+    /// use stack::StackConfig;
+    /// assert_eq!(StackConfig::new().with_max_sockets(64).max_sockets, 64);
+    /// assert_eq!(StackConfig::new().max_sockets, 4096);
+    /// ```
+    pub fn with_max_sockets(mut self, max: usize) -> Self {
+        self.max_sockets = max;
         self
     }
 

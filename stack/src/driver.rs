@@ -88,6 +88,11 @@ pub(crate) fn run<D: Link>(shared: Arc<Shared>, mut device: D) {
                     core.tcp.rearm(&mut core.sockets, wall);
                 }
             }
+            // What the watch answers itself (a FIN in TIME-WAIT) goes out with the rest.
+            stage
+                .tx
+                .get_mut()
+                .extend(core.tcp.watch.get_mut().take_replies());
             // Data for reads that wait for it goes to them now, so the window of this
             // pass's ACKs already counts it as read.
             core.tcp.hand_off(&mut core.sockets);

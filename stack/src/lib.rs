@@ -136,11 +136,7 @@ impl Stack {
                 sockets: SocketSet::new(Vec::new()),
                 blocked: HashMap::new(),
                 next_blocked: 0,
-                tcp: Tcp::new(
-                    config.close_wait_warning,
-                    config.retransmit_give_up,
-                    config.trace.clone(),
-                ),
+                tcp: Tcp::new(&config),
             }),
             wake: EventFd::from_flags(EfdFlags::EFD_NONBLOCK | EfdFlags::EFD_CLOEXEC)?,
             wake_pending: AtomicBool::new(false),

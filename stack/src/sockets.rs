@@ -25,6 +25,7 @@ use std::time::Instant;
 
 use crate::Stack;
 use crate::tcp::{State, TcpInfo, conn_info};
+use crate::watch::TIME_WAIT;
 
 /// One row of the socket table.
 #[derive(Debug, Clone, PartialEq)]
@@ -100,6 +101,12 @@ impl SocketEntry {
 }
 
 impl Stack {
+    /// Connections in TIME-WAIT whose socket is freed (the stack keeps a record of each;
+    /// at most 16,384, see `docs/tcp.md`).
+    pub fn time_wait_count(&self) -> usize {
+        self.shared().lock().tcp.watch.borrow().time_waits().count()
+    }
+
     /// The socket table: one entry per listener, then one per connection the stack holds
     /// (orphans in FIN-WAIT, CLOSING, LAST-ACK and TIME-WAIT included), each group in
     /// address order. A consistent snapshot, taken under the stack's lock once.
@@ -151,6 +158,23 @@ impl Stack {
                 })
             })
             .collect();
+        // Connections whose socket is gone, still in TIME-WAIT.
+        conns.extend(
+            core.tcp
+                .watch
+                .borrow()
+                .time_waits()
+                .map(|(&(local, peer), tw)| SocketEntry::Conn {
+                    info: Box::new(TcpInfo::time_wait(
+                        SocketAddr::V4(local),
+                        SocketAddr::V4(peer),
+                        // The wait restarts with a retransmitted FIN: time since it (re)began.
+                        TIME_WAIT.saturating_sub(tw.until.saturating_duration_since(now)),
+                    )),
+                    orphan: true,
+                    close_wait_overdue: false,
+                }),
+        );
         drop(core);
         listeners.sort_by_key(|e| e.local());
         conns.sort_by_key(|e| (e.local(), e.peer()));

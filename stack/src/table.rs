@@ -30,9 +30,9 @@ use smoltcp::socket::tcp;
 use smoltcp::wire::{IpEndpoint, IpListenEndpoint};
 
 use crate::tcp::{KeepAlive, State};
-use crate::trace::{Trace, reason};
+use crate::trace::reason;
 use crate::wait::WaitList;
-use crate::watch::{Tuple, Watch};
+use crate::watch::{TIME_WAIT, Tuple, Watch};
 
 /// LISTEN sockets kept armed per listener (when the backlog has room). The driver
 /// re-arms after every SYN, so two leave a spare.
@@ -43,6 +43,14 @@ const FIN_WAIT_2_TIMEOUT: Duration = Duration::from_secs(60);
 const ORPHAN_TICK: Duration = Duration::from_millis(200);
 /// The ephemeral port range (RFC 6335 §6).
 const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
+/// A half-open connection this old may be recycled when its listener's queue is full
+/// (RFC 4987 §3.5, "recycling the oldest half-open TCB"). A handshake on a lab link
+/// completes in a few milliseconds; one from a spoofed source never does, and without
+/// recycling would hold its slot until smoltcp gave up on it, minutes later. It also
+/// bounds the cost of a SYN flood: a full queue takes at most a backlog's worth of new
+/// SYNs per this much time, and a listener takes new clients again this long after a
+/// flood ends.
+pub(crate) const HALF_OPEN_RECYCLE: Duration = Duration::from_millis(200);
 
 /// Socket options that a dialer or listener passes on to its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -285,6 +293,8 @@ pub(crate) struct ListenerMeta {
     pool: Vec<SocketHandle>,
     /// Pool sockets seen in SYN-RECEIVED, with their ends, for the trace's state lines.
     syn_received: Vec<(SocketHandle, Tuple)>,
+    /// When each half-open socket of the pool was first seen half-open.
+    born: HashMap<SocketHandle, Instant>,
     /// Completed handshakes waiting for `accept`, in arrival order.
     pub(crate) ready: VecDeque<SocketHandle>,
     pub(crate) waiters: Arc<WaitList>,
@@ -311,30 +321,76 @@ pub(crate) struct Tcp {
     next_chores: Option<Instant>,
     close_wait_warning: Duration,
     retransmit_give_up: Duration,
+    /// [`crate::StackConfig::max_sockets`]: TCP sockets the stack may hold at once.
+    max_sockets: usize,
+    /// A listener holds fewer armed sockets than it has room for, because of the limit:
+    /// re-arm once sockets free up.
+    starved: bool,
+    /// When a full listener's oldest half-open socket becomes recyclable.
+    next_rearm: Option<Instant>,
 }
 
 impl Tcp {
-    pub(crate) fn new(
-        close_wait_warning: Duration,
-        retransmit_give_up: Duration,
-        trace: Option<Trace>,
-    ) -> Tcp {
+    pub(crate) fn new(config: &crate::StackConfig) -> Tcp {
         Tcp {
             conns: HashMap::new(),
             by_tuple: HashMap::new(),
             listeners: HashMap::new(),
             next_listener: 0,
             next_port: *EPHEMERAL.start() + fastrand::u16(..16384),
-            watch: RefCell::new(Watch::new(trace)),
+            watch: RefCell::new(Watch::new(config.trace.clone())),
             ka_armed: Vec::new(),
             readers: Vec::new(),
             writers: Vec::new(),
             next_call: 0,
             next_ka_scan: None,
             next_chores: None,
-            close_wait_warning,
-            retransmit_give_up,
+            close_wait_warning: config.close_wait_warning,
+            retransmit_give_up: config.retransmit_give_up,
+            max_sockets: config.max_sockets,
+            starved: false,
+            next_rearm: None,
         }
+    }
+
+    /// TCP sockets held: connections (orphans and TIME-WAIT included) and every socket of
+    /// every listener's pool (armed in LISTEN, and half-open).
+    pub(crate) fn socket_count(&self) -> usize {
+        self.conns.len() + self.listeners.values().map(|l| l.pool.len()).sum::<usize>()
+    }
+
+    /// Whether one more socket fits under the limit. At the limit, the oldest orphan in
+    /// TIME-WAIT is freed to make room, as Linux recycles its TIME-WAIT buckets
+    /// (`tcp_max_tw_buckets`): its 4-tuple stays unused by this stack's dials all the
+    /// same, since ports rotate through the whole ephemeral range.
+    pub(crate) fn make_room(&mut self, sockets: &mut SocketSet<'static>) -> bool {
+        if self.socket_count() < self.max_sockets {
+            return true;
+        }
+        let oldest = self
+            .conns
+            .iter()
+            .filter(|(h, m)| {
+                m.orphan && sockets.get::<tcp::Socket>(**h).state() == tcp::State::TimeWait
+            })
+            .min_by_key(|(_, m)| m.since)
+            .map(|(h, _)| *h);
+        match oldest {
+            Some(handle) => {
+                log::debug!(
+                    "socket limit of {} reached: freed a TIME-WAIT",
+                    self.max_sockets
+                );
+                self.remove_conn(handle, sockets);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The socket limit, for error messages.
+    pub(crate) fn max_sockets(&self) -> usize {
+        self.max_sockets
     }
 
     /// Registers a connection (dialed, or completed by a listener).
@@ -409,16 +465,25 @@ impl Tcp {
     }
 
     /// The next ephemeral port for `local_ip` → `remote`, in rotation, skipping any whose
-    /// 4-tuple still has a socket (TIME-WAIT included) or that a listener holds.
+    /// 4-tuple still has a socket or a TIME-WAIT record, or that a listener holds.
+    ///
+    /// When every port to `remote` is taken and some only by a TIME-WAIT record, the
+    /// oldest such record gives its port up, as Linux's `tcp_tw_reuse` does: the new
+    /// connection's random ISN keeps old duplicates out of its window (RFC 6191's aim).
     pub(crate) fn ephemeral_port(
         &mut self,
         local_ip: Ipv4Addr,
         remote: SocketAddrV4,
     ) -> Option<u16> {
-        self.next_free_port(|tcp, port| {
+        let free = self.next_free_port(|tcp, port| {
             let tuple = (SocketAddrV4::new(local_ip, port), remote);
             !tcp.listeners.values().any(|l| l.addr.port() == port)
                 && !tcp.by_tuple.contains_key(&tuple)
+                && !tcp.watch.borrow().in_time_wait(&tuple)
+        });
+        free.or_else(|| {
+            let (local, _) = self.watch.get_mut().reuse_time_wait(local_ip, remote)?;
+            Some(local.port())
         })
     }
 
@@ -472,6 +537,7 @@ impl Tcp {
                 opts,
                 pool: Vec::new(),
                 syn_received: Vec::new(),
+                born: HashMap::new(),
                 ready: VecDeque::new(),
                 waiters: WaitList::new(),
                 deadline: None,
@@ -543,12 +609,17 @@ impl Tcp {
         let traced = self.watch.get_mut().trace.is_some();
         let mut syn_lines = Vec::new();
         let syn_received = &mut listener.syn_received;
+        let born = &mut listener.born;
         listener.pool.retain(|&handle| {
             let socket = sockets.get::<tcp::Socket>(handle);
             match socket.state() {
-                tcp::State::Listen => armed += 1,
+                tcp::State::Listen => {
+                    armed += 1;
+                    born.remove(&handle); // Back from SYN-RECEIVED by an RST.
+                }
                 tcp::State::SynReceived | tcp::State::SynSent => {
                     half_open += 1;
+                    born.entry(handle).or_insert(now);
                     if traced
                         && !syn_received.iter().any(|(h, _)| *h == handle)
                         && let Some((l, r)) = socket.local_endpoint().zip(socket.remote_endpoint())
@@ -559,6 +630,7 @@ impl Tcp {
                 }
                 state => {
                     // Closed (or no longer addressed): freed below with the completed.
+                    born.remove(&handle);
                     let ends = socket.local_endpoint().zip(socket.remote_endpoint());
                     completed.push((handle, ends.map(|(l, r)| (v4(l), v4(r))), state));
                     return false;
@@ -606,23 +678,51 @@ impl Tcp {
             listener.ready.extend(ready);
             listener.waiters.wake_all();
         }
-        let room = listener
+        let mut room = listener
             .backlog
             .saturating_sub(listener.ready.len() + half_open);
+        // A full queue recycles its half-open sockets that have waited too long for the
+        // handshake's last ACK, oldest first (RFC 4987 §3.5), silently: their peers are
+        // most likely spoofed.
+        while room < ARMED {
+            let Some((&handle, &at)) = listener.born.iter().min_by_key(|(_, at)| **at) else {
+                break;
+            };
+            if now.saturating_duration_since(at) < HALF_OPEN_RECYCLE {
+                sooner(&mut self.next_rearm, at + HALF_OPEN_RECYCLE);
+                break;
+            }
+            listener.born.remove(&handle);
+            listener.pool.retain(|h| *h != handle);
+            listener.syn_received.retain(|(h, _)| *h != handle);
+            sockets.remove(handle);
+            half_open -= 1;
+            room += 1;
+        }
+        let (addr, port) = (*listener.addr.ip(), listener.addr.port());
         let endpoint = IpListenEndpoint {
-            addr: (!listener.addr.ip().is_unspecified()).then(|| (*listener.addr.ip()).into()),
-            port: listener.addr.port(),
+            addr: (!addr.is_unspecified()).then(|| addr.into()),
+            port,
         };
-        while armed < ARMED.min(room) {
-            let mut socket = listener.opts.socket();
+        let (want, opts) = (ARMED.min(room).saturating_sub(armed), listener.opts);
+        for _ in 0..want {
+            if !self.make_room(sockets) {
+                // At the socket limit: SYNs beyond the armed sockets are dropped at the
+                // gate, and the listener re-arms once sockets free up (after_poll).
+                self.starved = true;
+                break;
+            }
+            let mut socket = opts.socket();
             if socket.listen(endpoint).is_err() {
                 break; // Port 0 or an open socket: neither happens here.
             }
-            listener.pool.push(sockets.add(socket));
+            let handle = sockets.add(socket);
+            if let Some(listener) = self.listeners.get_mut(&id) {
+                listener.pool.push(handle);
+            }
             armed += 1;
         }
         let open = armed.min(room) as u32;
-        let (addr, port) = (*listener.addr.ip(), listener.addr.port());
         self.watch.get_mut().set_gate(addr, port, open);
         half_open
     }
@@ -801,10 +901,18 @@ impl Tcp {
         if self.next_chores.is_some_and(|t| t <= now) {
             self.chores(sockets, now);
         }
-        match (self.next_ka_scan, self.next_chores) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+        let recycle_due = self.next_rearm.is_some_and(|t| t <= now);
+        if recycle_due || (self.starved && self.socket_count() < self.max_sockets) {
+            // Sockets freed under the limit, or a full listener's oldest half-open one
+            // may be recycled: re-arm (which sets both again if still needed).
+            self.starved = false;
+            self.next_rearm = None;
+            self.rearm(sockets, now);
         }
+        [self.next_ka_scan, self.next_chores, self.next_rearm]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Brings one connection's record up to date with its socket.
@@ -851,12 +959,27 @@ impl Tcp {
         }
         if meta.orphan && state == State::Closed && socket.local_endpoint().is_none() {
             self.remove_conn(handle, sockets);
+        } else if meta.orphan && state == State::TimeWait {
+            // Nobody holds it and nothing more goes through it: a few numbers keep its
+            // TIME-WAIT, and its socket and buffers are freed now (see `TimeWait`).
+            let tuple = meta.tuple;
+            if self.watch.get_mut().enter_time_wait(tuple, now) {
+                self.remove_conn(handle, sockets);
+                self.schedule_chores(now + TIME_WAIT);
+            }
         }
     }
 
     /// The timed chores: CLOSE-WAIT warnings, finished and stuck orphans.
     fn chores(&mut self, sockets: &mut SocketSet<'static>, now: Instant) {
         self.next_chores = None;
+        let (over, next) = self.watch.get_mut().expire_time_waits(now);
+        for tuple in over {
+            self.trace_state(tuple, State::TimeWait, State::Closed, true, false);
+        }
+        if let Some(at) = next {
+            self.schedule_chores(at);
+        }
         let handles: Vec<SocketHandle> = self.conns.keys().copied().collect();
         for handle in handles {
             self.sync(handle, sockets, now);

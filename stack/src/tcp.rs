@@ -219,6 +219,36 @@ pub struct TcpInfo {
     pub nodelay: bool,
 }
 
+impl TcpInfo {
+    /// A connection in TIME-WAIT whose socket is already freed (the stack keeps only its
+    /// numbers): no buffers, no queues, nothing more to count.
+    pub(crate) fn time_wait(local: SocketAddr, peer: SocketAddr, age: Duration) -> TcpInfo {
+        TcpInfo {
+            state: State::TimeWait,
+            time_in_state: age,
+            local,
+            peer,
+            send_queue: 0,
+            recv_queue: 0,
+            read_buffer: 0,
+            write_buffer: 0,
+            recv_window: 0,
+            peer_window: 0,
+            rtt: None,
+            rto: None,
+            retransmits: 0,
+            keepalive_probes: 0,
+            zero_window_probes: 0,
+            acks_salvaged: 0,
+            segments_in: 0,
+            segments_out: 0,
+            keepalive: None,
+            linger: None,
+            nodelay: false,
+        }
+    }
+}
+
 /// The per-connection defaults a [`Stack`] starts from.
 fn default_opts(stack: &Stack) -> Opts {
     let config = stack.config();
@@ -351,7 +381,9 @@ impl Dialer {
     /// # Errors
     /// `ConnectionRefused` when the peer answers with RST; `TimedOut` after the timeout,
     /// or when smoltcp gives up retrying the SYN (after the keepalive's give-up time);
-    /// `NetworkUnreachable` without a route; `AddrInUse` when no port is free.
+    /// `NetworkUnreachable` without a route; `AddrInUse` when no port is free;
+    /// `QuotaExceeded` when the stack holds [`crate::StackConfig::max_sockets`] sockets
+    /// and none of them is a TIME-WAIT it can recycle.
     pub fn dial(&self, addr: SocketAddr) -> io::Result<TcpStream> {
         let remote = v4_only("dial", addr)?;
         let fail = |local: Option<SocketAddrV4>, e| {
@@ -401,8 +433,17 @@ impl Dialer {
                     io::Error::new(io::ErrorKind::AddrInUse, "address already in use"),
                 ));
             }
-            let mut socket = self.opts.socket();
             let core = &mut *core;
+            if !core.tcp.make_room(&mut core.sockets) {
+                return Err(fail(
+                    Some(local),
+                    io::Error::new(
+                        io::ErrorKind::QuotaExceeded,
+                        format!("socket limit of {} reached", core.tcp.max_sockets()),
+                    ),
+                ));
+            }
+            let mut socket = self.opts.socket();
             socket
                 .connect(core.iface.context(), remote, local)
                 .map_err(|e| {
@@ -551,6 +592,10 @@ impl ListenConfig {
         }
         let shared = self.stack.shared();
         let mut core = shared.lock();
+        // A listener on a stack that no longer runs would accept nothing, ever.
+        if shared.is_stopped() {
+            return Err(fail(cause::stopped()));
+        }
         let Core { sockets, tcp, .. } = &mut *core;
         let port = match want.port() {
             0 => tcp
@@ -599,6 +644,13 @@ impl Drop for StreamInner {
     fn drop(&mut self) {
         // Dropping closes as close() does; there is no one to report to.
         let _ = self.close();
+        // Only now does no handle hold the connection: from here the driver may free its
+        // socket, and smoltcp may give the socket's handle to a new connection. (Were it
+        // freed at close(), a clone, or this very drop, would find the handle taken by
+        // a stranger, and close or read that connection instead.)
+        let shared = self.stack.shared();
+        shared.lock().tcp.orphan(self.handle, Instant::now());
+        shared.wake();
     }
 }
 
@@ -1155,7 +1207,6 @@ impl StreamInner {
                 socket.close();
             }
             if abort || linger.is_none() {
-                tcp.orphan(handle, Instant::now());
                 return Ok(None);
             }
             Ok(linger)
@@ -1200,13 +1251,11 @@ impl StreamInner {
             Step::Wait(Some(deadline))
         });
         let mut core = shared.lock();
-        let now = Instant::now();
         if result.is_err()
             && let Some(meta) = core.tcp.conns.get_mut(&handle)
         {
             meta.aborted = true;
         }
-        core.tcp.orphan(handle, now);
         drop(core);
         shared.wake();
         result.map_err(|why| self.blocked("close", why))

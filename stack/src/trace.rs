@@ -238,7 +238,9 @@ fn segment_line(
     let seq = tcp.seq_number();
     // The first segment seen from a sender (its SYN, normally) sets its base.
     let base = *seq_isn.get_or_insert(seq);
-    let rel_seq = (seq - base) as i64;
+    // smoltcp's `SeqNumber - SeqNumber` panics below zero: a stray segment older than
+    // the first one seen must print as a negative number, not stop the driver.
+    let rel_seq = i64::from(seq.0.wrapping_sub(base.0));
     let len = tcp.payload().len();
     let mut flags = String::new();
     for (on, c) in [
@@ -261,7 +263,7 @@ fn segment_line(
         rel_seq.to_string()
     };
     let ack_text = match (tcp.ack(), ack_isn) {
-        (true, Some(isn)) => ((tcp.ack_number() - isn) as i64).to_string(),
+        (true, Some(isn)) => tcp.ack_number().0.wrapping_sub(isn.0).to_string(),
         (true, None) => (tcp.ack_number().0 as u32).to_string(),
         (false, _) => "-".into(),
     };
@@ -305,8 +307,8 @@ fn options(line: &mut String, mut bytes: &[u8], sack_isn: Option<TcpSeqNumber>) 
                     .map(|&(l, r)| match sack_isn {
                         Some(isn) => format!(
                             "{}-{}",
-                            TcpSeqNumber(l as i32) - isn,
-                            TcpSeqNumber(r as i32) - isn
+                            (l as i32).wrapping_sub(isn.0),
+                            (r as i32).wrapping_sub(isn.0)
                         ),
                         None => format!("{l}-{r}"),
                     })
@@ -453,6 +455,31 @@ mod tests {
             .position(|l| l.contains("server") && l.contains(" <  ") && l.contains("[F"));
         let close_wait = text.lines().position(|l| l.contains("→ CLOSE-WAIT"));
         assert!(fin_in < close_wait, "FIN after CLOSE-WAIT:\n{text}");
+    }
+
+    #[test]
+    fn a_segment_older_than_the_first_seen_prints_below_zero() {
+        let mut isns = Isns::default();
+        let frame = |seq: u32, ack: u32| {
+            let mut f = vec![0u8; 54];
+            f[12..14].copy_from_slice(&[0x08, 0x00]);
+            f[14] = 0x45;
+            f[16..18].copy_from_slice(&40u16.to_be_bytes());
+            f[23] = 6;
+            f[38..42].copy_from_slice(&seq.to_be_bytes());
+            f[42..46].copy_from_slice(&ack.to_be_bytes());
+            f[46] = 0x50;
+            f[47] = 0x10; // ACK
+            f
+        };
+        // Our first segment sets our base; the peer's, acknowledging below it, and ours
+        // again, older still.
+        let out = segment_line(&mut isns, Dir::Out, &frame(1000, 5), None, None).unwrap();
+        assert!(out.contains("seq 0 "), "{out}");
+        let inb = segment_line(&mut isns, Dir::In, &frame(5, 990), None, None).unwrap();
+        assert!(inb.contains("ack -10 "), "{inb}");
+        let old = segment_line(&mut isns, Dir::Out, &frame(900, 5), None, None).unwrap();
+        assert!(old.contains("seq -100 "), "{old}");
     }
 
     #[test]

@@ -24,6 +24,17 @@
 //!   buffer. So the watch hands smoltcp such an ACK again, as a bare segment at
 //!   RCV.NXT, right after the original.
 //!
+//! It also **screens** what smoltcp would mishandle (see `tests/tests/hostile.rs`):
+//!
+//! - ARP replies for addresses the stack did not ask about are dropped. smoltcp fills
+//!   its neighbour cache from any ARP packet aimed at it, so one unsolicited reply would
+//!   redirect the stack's traffic for an address to any MAC.
+//! - An RST inside the receive window but not at RCV.NXT, or any SYN, on a synchronized
+//!   connection gets a challenge ACK (RFC 5961 §3.2, §4.2), not a reset: smoltcp resets
+//!   on any in-window RST and ignores an in-window SYN. The watch drops the segment and
+//!   hands smoltcp a bare ACK of data never sent instead, which smoltcp answers with its
+//!   own challenge ACK (rate-limited to one per second, RFC 5961 §7).
+//!
 //! Only tuples the stack owns are tracked (connections and listeners' half-open ones), so
 //! a flood of strangers costs a header parse and a hash lookup per frame, nothing more.
 
@@ -35,9 +46,14 @@ use std::time::{Duration, Instant};
 use smoltcp::phy::{self, Device, DeviceCapabilities};
 
 use crate::trace::{Dir, Isns, Note, Trace};
+use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpOption, TcpPacket, TcpSeqNumber,
+    ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol,
+    Ipv4Packet, Ipv4Repr, TcpControl, TcpOption, TcpPacket, TcpRepr, TcpSeqNumber,
 };
+
+/// How long an ARP request of ours makes a reply for its address welcome.
+const ARP_ASKED_FOR: Duration = Duration::from_secs(10);
 
 /// A connection's two ends: (local, remote).
 pub(crate) type Tuple = (SocketAddrV4, SocketAddrV4);
@@ -80,6 +96,10 @@ pub(crate) struct Wire {
     taken: Option<(TcpSeqNumber, u16)>,
     /// ACKs salvaged from segments outside our window.
     pub(crate) acks_salvaged: u64,
+    /// One past our SYN, once sent.
+    syn_end: Option<TcpSeqNumber>,
+    /// The peer has acknowledged our SYN: RFC 5961 applies from here on.
+    synced: bool,
 }
 
 impl Wire {
@@ -108,7 +128,30 @@ impl Wire {
             rcv_nxt: None,
             taken: None,
             acks_salvaged: 0,
+            syn_end: None,
+            synced: false,
         }
+    }
+
+    /// The segment smoltcp should see instead of `seg` when `seg` calls for a challenge
+    /// ACK (see the module doc), or `None` to pass `seg` on as it is.
+    fn challenge(&self, seg: &Segment, frame: &[u8]) -> Option<Vec<u8>> {
+        let (Some(rcv_nxt), Some(snd_max)) = (self.rcv_nxt, self.snd_max) else {
+            return None;
+        };
+        if !self.synced || self.half_open {
+            return None;
+        }
+        // RFC 5961 §4.2: any SYN in a synchronized state. §3.2: an RST inside the window
+        // but not at RCV.NXT (one outside it smoltcp drops silently, as it should).
+        let suspect = seg.syn
+            || (seg.rst && rcv_nxt < seg.seq && seg.seq < rcv_nxt + self.our_window as usize);
+        if !suspect {
+            return None;
+        }
+        // An ACK far beyond anything sent: smoltcp answers it with a challenge ACK
+        // (RFC 5961 §5.2) and changes nothing else.
+        challenge_trigger(frame, rcv_nxt, snd_max + (1usize << 30))
     }
 
     /// Whether smoltcp will drop `seg` for lying outside our receive window while its
@@ -205,7 +248,37 @@ pub(crate) struct Watch {
     /// Where segment lines go, when the stack is traced.
     pub(crate) trace: Option<Trace>,
     isns: Isns,
+    /// Addresses our ARP requests asked about, and when (a reply is welcome a while).
+    arp_asked: HashMap<Ipv4Addr, Instant>,
+    /// Closed connections in TIME-WAIT, kept as a few numbers instead of a socket.
+    time_wait: HashMap<Tuple, TimeWait>,
+    /// Frames the watch itself sends (the ACK of a FIN in TIME-WAIT), for the driver.
+    replies: Vec<Vec<u8>>,
 }
+
+/// A connection in TIME-WAIT after its socket was freed: what it takes to answer a
+/// retransmitted FIN (RFC 9293 §3.10.7.4: acknowledge it and restart the timer) and to
+/// keep the 4-tuple from being reused too soon (RFC 9293 §3.6.1). Linux does the same
+/// with its `inet_timewait_sock`; smoltcp would hold the whole socket, buffers and all.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TimeWait {
+    /// When the wait ends ([`TIME_WAIT`] after it began, or after the last FIN).
+    pub(crate) until: Instant,
+    /// Our next sequence number (one past our FIN) and the peer's (one past its FIN).
+    snd_nxt: TcpSeqNumber,
+    rcv_nxt: TcpSeqNumber,
+    /// Our last window field, raw.
+    window: u16,
+}
+
+/// TIME-WAIT lasts as long as smoltcp's own (its `CLOSE_DELAY`): 10 s, short of RFC
+/// 9293's 2 MSL, as many stacks choose.
+pub(crate) const TIME_WAIT: Duration = Duration::from_secs(10);
+/// The most TIME-WAIT records kept; beyond, the oldest goes, as Linux's
+/// `tcp_max_tw_buckets` does. As many as the ephemeral ports, so a client churning
+/// through them all at once keeps each one's wait. The table takes its full size (about
+/// 1 MiB) at its first record, so churn does not grow memory as it fills.
+const MAX_TIME_WAIT: usize = 16_384;
 
 /// What the watch made of one segment, for its trace line.
 #[derive(Default)]
@@ -256,7 +329,139 @@ impl Watch {
         if self.conns.remove(tuple).is_some_and(|w| w.half_open) {
             self.half_open -= 1;
         }
-        self.active = !self.conns.is_empty() || !self.gates.is_empty();
+        self.update_active();
+    }
+
+    fn update_active(&mut self) {
+        self.active =
+            !self.conns.is_empty() || !self.gates.is_empty() || !self.time_wait.is_empty();
+    }
+
+    /// Keeps the connection `tuple`, whose socket is about to be freed in TIME-WAIT, as a
+    /// [`TimeWait`] record until `now + TIME_WAIT`. False if the wire never showed
+    /// enough of it (then the socket should stay).
+    pub(crate) fn enter_time_wait(&mut self, tuple: Tuple, now: Instant) -> bool {
+        let Some(wire) = self.conns.get(&tuple) else {
+            return false;
+        };
+        let (Some(snd_nxt), Some(rcv_nxt)) = (wire.snd_max, wire.rcv_nxt) else {
+            return false;
+        };
+        let shift = wire.our_shift.unwrap_or(0).min(14);
+        let window = (wire.our_window >> shift).min(u32::from(u16::MAX)) as u16;
+        if self.time_wait.capacity() == 0 {
+            // The whole table now, written once so its memory is resident from the first
+            // record: churn then leaves the process's footprint flat.
+            self.time_wait.reserve(MAX_TIME_WAIT);
+            let filler = TimeWait {
+                until: now,
+                snd_nxt: TcpSeqNumber(0),
+                rcv_nxt: TcpSeqNumber(0),
+                window: 0,
+            };
+            for port in 0..MAX_TIME_WAIT as u16 {
+                let end = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
+                self.time_wait.insert((end, end), filler);
+            }
+            self.time_wait.clear();
+        }
+        if self.time_wait.len() >= MAX_TIME_WAIT
+            && let Some(oldest) = self
+                .time_wait
+                .iter()
+                .min_by_key(|(_, t)| t.until)
+                .map(|(k, _)| *k)
+        {
+            self.time_wait.remove(&oldest);
+        }
+        self.time_wait.insert(
+            tuple,
+            TimeWait {
+                until: now + TIME_WAIT,
+                snd_nxt,
+                rcv_nxt,
+                window,
+            },
+        );
+        self.active = true;
+        true
+    }
+
+    /// Whether `tuple` is in TIME-WAIT (so a dial must not reuse it).
+    pub(crate) fn in_time_wait(&self, tuple: &Tuple) -> bool {
+        self.time_wait.contains_key(tuple)
+    }
+
+    /// Gives up the oldest TIME-WAIT from `local_ip` to `remote`, for a dial that finds
+    /// no other port; returns its tuple.
+    pub(crate) fn reuse_time_wait(
+        &mut self,
+        local_ip: Ipv4Addr,
+        remote: SocketAddrV4,
+    ) -> Option<Tuple> {
+        let tuple = self
+            .time_wait
+            .iter()
+            .filter(|((local, peer), _)| *local.ip() == local_ip && *peer == remote)
+            .min_by_key(|(_, t)| t.until)
+            .map(|(tuple, _)| *tuple)?;
+        self.time_wait.remove(&tuple);
+        self.update_active();
+        Some(tuple)
+    }
+
+    /// The connections in TIME-WAIT, for the socket table.
+    pub(crate) fn time_waits(&self) -> impl Iterator<Item = (&Tuple, &TimeWait)> {
+        self.time_wait.iter()
+    }
+
+    /// Ends the TIME-WAITs that are over; returns their tuples, and when the next ends.
+    pub(crate) fn expire_time_waits(&mut self, now: Instant) -> (Vec<Tuple>, Option<Instant>) {
+        let mut over = Vec::new();
+        self.time_wait.retain(|tuple, t| {
+            let keep = t.until > now;
+            if !keep {
+                over.push(*tuple);
+            }
+            keep
+        });
+        self.update_active();
+        let next = self.time_wait.values().map(|t| t.until).min();
+        (over, next)
+    }
+
+    /// Frames the watch sends itself, for the driver to put on the wire.
+    pub(crate) fn take_replies(&mut self) -> Vec<Vec<u8>> {
+        std::mem::take(&mut self.replies)
+    }
+
+    /// A segment for a connection in TIME-WAIT (RFC 9293 §3.10.7.4): a FIN is
+    /// acknowledged and restarts the timer; a SYN may open a new connection (the
+    /// listener decides), and ends this one's wait (RFC 6191's spirit); anything else
+    /// (an RST, RFC 1337; an old duplicate) is dropped.
+    fn time_wait_segment(
+        &mut self,
+        tuple: Tuple,
+        seg: &Segment,
+        frame: &[u8],
+        now: Instant,
+    ) -> Verdict {
+        let Some(tw) = self.time_wait.get_mut(&tuple) else {
+            return Verdict::Pass;
+        };
+        if seg.syn && seg.ack.is_none() && !seg.rst {
+            self.time_wait.remove(&tuple);
+            self.update_active();
+            return Verdict::Pass;
+        }
+        if seg.fin && !seg.rst {
+            tw.until = now + TIME_WAIT;
+            let tw = *tw;
+            if let Some(ack) = reply_ack(frame, tw.snd_nxt, tw.rcv_nxt, tw.window) {
+                self.replies.push(ack);
+            }
+        }
+        Verdict::Drop
     }
 
     pub(crate) fn get(&self, tuple: &Tuple) -> Option<&Wire> {
@@ -330,7 +535,11 @@ impl Watch {
 
     fn inbound(&mut self, frame: &[u8], now: Instant) -> Verdict {
         let mut seen = Seen::default();
-        let verdict = self.observe_in(frame, now, &mut seen);
+        let verdict = if self.screen_out(frame, now) {
+            Verdict::Drop
+        } else {
+            self.observe_in(frame, now, &mut seen)
+        };
         if let Some(trace) = &self.trace {
             trace.segment(&mut self.isns, Dir::In, frame, seen.window, seen.note);
         }
@@ -338,11 +547,31 @@ impl Watch {
     }
 
     fn outbound(&mut self, frame: &[u8], now: Instant) {
+        if let Some((ArpOperation::Request, _, target)) = arp(frame) {
+            self.arp_asked
+                .retain(|_, at| now.saturating_duration_since(*at) < ARP_ASKED_FOR);
+            self.arp_asked.insert(target, now);
+        }
         let mut seen = Seen::default();
         self.observe_out(frame, now, &mut seen);
         if let Some(trace) = &self.trace {
             trace.segment(&mut self.isns, Dir::Out, frame, seen.window, seen.note);
         }
+    }
+
+    /// Whether `frame` is one smoltcp would mishandle, to be dropped (module doc).
+    fn screen_out(&mut self, frame: &[u8], now: Instant) -> bool {
+        let Some((ArpOperation::Reply, sender, _)) = arp(frame) else {
+            return false;
+        };
+        let asked = self
+            .arp_asked
+            .get(&sender)
+            .is_some_and(|at| now.saturating_duration_since(*at) < ARP_ASKED_FOR);
+        if !asked {
+            log::debug!("dropped an ARP reply for {sender}, which nobody asked about");
+        }
+        !asked
     }
 
     fn observe_in(&mut self, frame: &[u8], now: Instant, seen: &mut Seen) -> Verdict {
@@ -354,7 +583,26 @@ impl Watch {
         };
         // Arriving, the segment's destination is our end.
         let tuple = (seg.dst, seg.src);
+        if !self.time_wait.is_empty() && self.time_wait.contains_key(&tuple) {
+            return self.time_wait_segment(tuple, &seg, frame, now);
+        }
         if let Some(wire) = self.conns.get_mut(&tuple) {
+            if let Some(trigger) = wire.challenge(&seg, frame) {
+                log::debug!(
+                    "{} -> {}: challenge ACK for an in-window {} (RFC 5961)",
+                    seg.src,
+                    seg.dst,
+                    if seg.syn { "SYN" } else { "RST" }
+                );
+                self.salvaged.push(trigger);
+                return Verdict::Drop;
+            }
+            if !seg.rst
+                && let (Some(ack), Some(syn_end)) = (seg.ack, wire.syn_end)
+                && ack >= syn_end
+            {
+                wire.synced = true;
+            }
             if wire.half_open {
                 // Perhaps the ACK that completes the handshake: the listener looks.
                 self.rearm = true;
@@ -455,6 +703,7 @@ impl Watch {
         wire.last_tx = now;
         wire.segs_out += 1;
         if seg.syn {
+            wire.syn_end = Some(seg.seq + 1);
             if wire.our_shift.is_none() {
                 wire.our_shift = Some(seg.wscale.unwrap_or(0));
             }
@@ -572,6 +821,54 @@ impl Segment {
     }
 }
 
+/// Our ACK in answer to the TCP segment in `frame`: addresses and ports swapped, `seq`,
+/// `ack`, the raw `window`, no options. `None` if `frame` is not an IPv4 TCP segment.
+fn reply_ack(frame: &[u8], seq: TcpSeqNumber, ack: TcpSeqNumber, window: u16) -> Option<Vec<u8>> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    let tcp_repr = TcpRepr {
+        src_port: tcp.dst_port(),
+        dst_port: tcp.src_port(),
+        control: TcpControl::None,
+        seq_number: seq,
+        ack_number: Some(ack),
+        window_len: window,
+        window_scale: None,
+        max_seg_size: None,
+        sack_permitted: false,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip_repr = Ipv4Repr {
+        src_addr: ip.dst_addr(),
+        dst_addr: ip.src_addr(),
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp_repr.buffer_len(),
+        hop_limit: 64,
+    };
+    let eth_repr = EthernetRepr {
+        src_addr: eth.dst_addr(),
+        dst_addr: eth.src_addr(),
+        ethertype: EthernetProtocol::Ipv4,
+    };
+    let mut out = vec![0; eth_repr.buffer_len() + ip_repr.buffer_len() + tcp_repr.buffer_len()];
+    let caps = ChecksumCapabilities::default();
+    let mut e = EthernetFrame::new_unchecked(&mut out[..]);
+    eth_repr.emit(&mut e);
+    let mut i = Ipv4Packet::new_unchecked(e.payload_mut());
+    ip_repr.emit(&mut i, &caps);
+    let (src, dst) = (ip_repr.src_addr.into(), ip_repr.dst_addr.into());
+    tcp_repr.emit(
+        &mut TcpPacket::new_unchecked(i.payload_mut()),
+        &src,
+        &dst,
+        &caps,
+    );
+    Some(out)
+}
+
 /// A copy of the TCP segment in `frame` cut down to its bare ACK: no payload, no FIN,
 /// PSH or URG, sequence number `seq`, checksums filled. `None` if `frame` is not a
 /// well-formed IPv4 TCP segment.
@@ -595,6 +892,60 @@ fn bare_ack(frame: &[u8], seq: TcpSeqNumber) -> Option<Vec<u8>> {
     tcp.set_urgent_at(0);
     tcp.fill_checksum(&src.into(), &dst.into());
     Some(bare)
+}
+
+/// An ARP packet's (operation, sender address, target address), if `frame` is one.
+fn arp(frame: &[u8]) -> Option<(ArpOperation, Ipv4Addr, Ipv4Addr)> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != EthernetProtocol::Arp {
+        return None;
+    }
+    match ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).ok()?).ok()? {
+        ArpRepr::EthernetIpv4 {
+            operation,
+            source_protocol_addr,
+            target_protocol_addr,
+            ..
+        } => Some((operation, source_protocol_addr, target_protocol_addr)),
+        _ => None,
+    }
+}
+
+/// The segment that makes smoltcp send a challenge ACK for the one in `frame`: its
+/// headers without options or payload, flags only ACK, sequence number `seq`, ACK
+/// number `ack`, checksums filled. `None` if smoltcp would drop `frame` anyway (a bad
+/// checksum, malformed options, flags it rejects): then it earns no answer.
+fn challenge_trigger(frame: &[u8], seq: TcpSeqNumber, ack: TcpSeqNumber) -> Option<Vec<u8>> {
+    let caps = ChecksumCapabilities::default();
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
+    let ip_repr = Ipv4Repr::parse(&ip, &caps).ok()?;
+    let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
+    let (src, dst) = (ip_repr.src_addr.into(), ip_repr.dst_addr.into());
+    TcpRepr::parse(&tcp, &src, &dst, &caps).ok()?;
+    let ip_len = usize::from(ip.header_len());
+    let eth_len = frame.len() - eth.payload().len();
+    let mut out = frame[..eth_len + ip_len + 20].to_vec();
+    let mut ip = Ipv4Packet::new_unchecked(&mut out[eth_len..]);
+    ip.set_total_len((ip_len + 20) as u16);
+    ip.fill_checksum();
+    let mut tcp = TcpPacket::new_unchecked(&mut out[eth_len + ip_len..]);
+    tcp.set_header_len(20);
+    for flag in [
+        TcpPacket::set_syn,
+        TcpPacket::set_rst,
+        TcpPacket::set_fin,
+        TcpPacket::set_psh,
+        TcpPacket::set_urg,
+    ] {
+        flag(&mut tcp, false);
+    }
+    tcp.set_ack(true);
+    tcp.set_seq_number(seq);
+    tcp.set_ack_number(ack);
+    tcp.set_urgent_at(0);
+    tcp.fill_checksum(&src, &dst);
+    Some(out)
 }
 
 /// The device as smoltcp sees it during a pass: the driver's device, with every frame
