@@ -46,12 +46,12 @@ pub struct StackConfig {
     /// Where to write a line per TCP segment and per state change ([`Trace`]); `None`
     /// (the default) traces nothing.
     pub trace: Option<Trace>,
-    /// The most TCP sockets the stack holds at once: connections (orphans and TIME-WAIT
-    /// included) and each listener's sockets (up to two armed in LISTEN, plus the
+    /// The most TCP sockets the stack holds at once: connections (orphans included) and
+    /// each listener's sockets (up to two armed in LISTEN, plus the
     /// half-open ones in SYN-RECEIVED). At the limit a dial fails with `QuotaExceeded`,
     /// and a listener whose armed sockets are used up drops SYNs unanswered, so clients
-    /// retry; established connections carry on. A TIME-WAIT left by a closed connection
-    /// yields its place to a new socket. Default 4096.
+    /// retry; established connections carry on. A closed connection's TIME-WAIT holds
+    /// no socket, so it does not count. Default 4096.
     pub max_sockets: usize,
 }
 

@@ -353,39 +353,16 @@ impl Tcp {
         }
     }
 
-    /// TCP sockets held: connections (orphans and TIME-WAIT included) and every socket of
+    /// TCP sockets held: connections (orphans included; a TIME-WAIT record is none) and every socket of
     /// every listener's pool (armed in LISTEN, and half-open).
     pub(crate) fn socket_count(&self) -> usize {
         self.conns.len() + self.listeners.values().map(|l| l.pool.len()).sum::<usize>()
     }
 
-    /// Whether one more socket fits under the limit. At the limit, the oldest orphan in
-    /// TIME-WAIT is freed to make room, as Linux recycles its TIME-WAIT buckets
-    /// (`tcp_max_tw_buckets`): its 4-tuple stays unused by this stack's dials all the
-    /// same, since ports rotate through the whole ephemeral range.
-    pub(crate) fn make_room(&mut self, sockets: &mut SocketSet<'static>) -> bool {
-        if self.socket_count() < self.max_sockets {
-            return true;
-        }
-        let oldest = self
-            .conns
-            .iter()
-            .filter(|(h, m)| {
-                m.orphan && sockets.get::<tcp::Socket>(**h).state() == tcp::State::TimeWait
-            })
-            .min_by_key(|(_, m)| m.since)
-            .map(|(h, _)| *h);
-        match oldest {
-            Some(handle) => {
-                log::debug!(
-                    "socket limit of {} reached: freed a TIME-WAIT",
-                    self.max_sockets
-                );
-                self.remove_conn(handle, sockets);
-                true
-            }
-            None => false,
-        }
+    /// Whether one more socket fits under the limit. (A closed connection's TIME-WAIT
+    /// holds no socket: see `Watch::enter_time_wait`.)
+    pub(crate) fn has_room(&self) -> bool {
+        self.socket_count() < self.max_sockets
     }
 
     /// The socket limit, for error messages.
@@ -706,7 +683,7 @@ impl Tcp {
         };
         let (want, opts) = (ARMED.min(room).saturating_sub(armed), listener.opts);
         for _ in 0..want {
-            if !self.make_room(sockets) {
+            if !self.has_room() {
                 // At the socket limit: SYNs beyond the armed sockets are dropped at the
                 // gate, and the listener re-arms once sockets free up (after_poll).
                 self.starved = true;
@@ -902,7 +879,7 @@ impl Tcp {
             self.chores(sockets, now);
         }
         let recycle_due = self.next_rearm.is_some_and(|t| t <= now);
-        if recycle_due || (self.starved && self.socket_count() < self.max_sockets) {
+        if recycle_due || (self.starved && self.has_room()) {
             // Sockets freed under the limit, or a full listener's oldest half-open one
             // may be recycled: re-arm (which sets both again if still needed).
             self.starved = false;

@@ -434,7 +434,7 @@ impl Dialer {
                 ));
             }
             let core = &mut *core;
-            if !core.tcp.make_room(&mut core.sockets) {
+            if !core.tcp.has_room() {
                 return Err(fail(
                     Some(local),
                     io::Error::new(
