@@ -19,6 +19,7 @@ mod driver;
 mod error;
 pub mod kernel;
 mod ping;
+mod reassembly;
 mod sockets;
 mod staged;
 mod table;

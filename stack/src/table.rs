@@ -43,14 +43,17 @@ const FIN_WAIT_2_TIMEOUT: Duration = Duration::from_secs(60);
 const ORPHAN_TICK: Duration = Duration::from_millis(200);
 /// The ephemeral port range (RFC 6335 §6).
 const EPHEMERAL: std::ops::RangeInclusive<u16> = 49152..=65535;
-/// A half-open connection this old may be recycled when its listener's queue is full
-/// (RFC 4987 §3.5, "recycling the oldest half-open TCB"). A handshake on a lab link
-/// completes in a few milliseconds; one from a spoofed source never does, and without
-/// recycling would hold its slot until smoltcp gave up on it, minutes later. It also
-/// bounds the cost of a SYN flood: a full queue takes at most a backlog's worth of new
-/// SYNs per this much time, and a listener takes new clients again this long after a
-/// flood ends.
+/// A half-open connection this old is recycled when its listener's queue is full, even
+/// with no SYN waiting (RFC 4987 §3.4, "recycling the oldest half-open TCB"). A
+/// handshake on a lab link completes in a few milliseconds; one from a spoofed source
+/// never does, and without recycling would hold its slot until smoltcp gave up on it,
+/// minutes later. A SYN that finds the queue full takes the oldest slot sooner, once it
+/// is [`HELD_SYN_RECYCLE`] old (the watch holds the SYN meanwhile: `Watch::held`).
 pub(crate) const HALF_OPEN_RECYCLE: Duration = Duration::from_millis(200);
+/// A half-open connection this old makes room for a SYN held for its full listener:
+/// time enough for an honest handshake on a lab link, so a burst of clients never
+/// loses one in progress, and short next to a client's first SYN retransmission (1 s).
+pub(crate) const HELD_SYN_RECYCLE: Duration = Duration::from_millis(100);
 
 /// Socket options that a dialer or listener passes on to its connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +96,21 @@ pub(crate) fn apply_keepalive(socket: &mut tcp::Socket, keepalive: Option<KeepAl
     }
 }
 
+/// Ends the sending side of `socket`: a FIN after the data queued. In CLOSE-WAIT with
+/// data still unacknowledged, the FIN waits until the peer has acknowledged it all
+/// (`meta.fin_pending`; the driver sends it from `sync`): smoltcp's LAST-ACK answers a
+/// duplicate ACK with a challenge ACK instead of counting it, so data lost after the FIN
+/// went out could only be sent again by the retransmission timer, a second or more
+/// for each loss. Waiting costs the FIN at most one round trip.
+pub(crate) fn send_fin(socket: &mut tcp::Socket, meta: &mut ConnMeta) {
+    if socket.state() == tcp::State::CloseWait && socket.send_queue() > 0 {
+        meta.fin_pending = true;
+    } else {
+        meta.fin_pending = false;
+        socket.close();
+    }
+}
+
 /// One connection's state beyond smoltcp's socket.
 pub(crate) struct ConnMeta {
     pub(crate) tuple: Tuple,
@@ -114,6 +132,9 @@ pub(crate) struct ConnMeta {
     pub(crate) orphan: bool,
     /// We reset it (linger 0, or close with unread data).
     pub(crate) aborted: bool,
+    /// The application closed its sending side in CLOSE-WAIT while data was still
+    /// unacknowledged; the FIN waits for that data (see [`send_fin`]).
+    pub(crate) fin_pending: bool,
     pub(crate) opts: Opts,
     pub(crate) state: State,
     pub(crate) since: Instant,
@@ -268,6 +289,7 @@ impl ConnMeta {
             write_shut: false,
             orphan: false,
             aborted: false,
+            fin_pending: false,
             opts,
             state,
             since: now,
@@ -658,29 +680,48 @@ impl Tcp {
         let mut room = listener
             .backlog
             .saturating_sub(listener.ready.len() + half_open);
-        // A full queue recycles its half-open sockets that have waited too long for the
-        // handshake's last ACK, oldest first (RFC 4987 §3.5), silently: their peers are
-        // most likely spoofed.
-        while room < ARMED {
-            let Some((&handle, &at)) = listener.born.iter().min_by_key(|(_, at)| **at) else {
-                break;
-            };
-            if now.saturating_duration_since(at) < HALF_OPEN_RECYCLE {
-                sooner(&mut self.next_rearm, at + HALF_OPEN_RECYCLE);
-                break;
-            }
-            listener.born.remove(&handle);
-            listener.pool.retain(|h| *h != handle);
-            listener.syn_received.retain(|(h, _)| *h != handle);
-            sockets.remove(handle);
-            half_open -= 1;
-            room += 1;
-        }
         let (addr, port) = (*listener.addr.ip(), listener.addr.port());
         let endpoint = IpListenEndpoint {
             addr: (!addr.is_unspecified()).then(|| addr.into()),
             port,
         };
+        // A full queue recycles its half-open sockets, oldest first (RFC 4987 §3.4),
+        // silently (their peers are most likely spoofed): those that have waited too
+        // long for the handshake's last ACK, and for each SYN the watch holds for this
+        // listener, one that has had time to complete (so a burst of honest clients
+        // never loses a handshake in progress). A recycled socket listens again,
+        // buffers and all.
+        let mut held = self.watch.get_mut().held_for(addr, port);
+        while room < ARMED {
+            let Some((&handle, &at)) = listener.born.iter().min_by_key(|(_, at)| **at) else {
+                break;
+            };
+            let wait = if held > 0 {
+                HELD_SYN_RECYCLE
+            } else {
+                HALF_OPEN_RECYCLE
+            };
+            if now.saturating_duration_since(at) < wait {
+                sooner(&mut self.next_rearm, at + wait);
+                break;
+            }
+            held = held.saturating_sub(1);
+            listener.born.remove(&handle);
+            listener.syn_received.retain(|(h, _)| *h != handle);
+            listener.pool.retain(|h| *h != handle);
+            // Out of the set and back in: the socket keeps its buffers, and the set's
+            // record of it starts afresh (smoltcp's, of a neighbour it waits to resolve,
+            // would hold its next SYN-ACK back for a second).
+            if let smoltcp::socket::Socket::Tcp(mut socket) = sockets.remove(handle) {
+                socket.abort();
+                if socket.listen(endpoint).is_ok() {
+                    listener.pool.push(sockets.add(socket));
+                    armed += 1;
+                }
+            }
+            half_open -= 1;
+            room += 1;
+        }
         let (want, opts) = (ARMED.min(room).saturating_sub(armed), listener.opts);
         for _ in 0..want {
             if !self.has_room() {
@@ -700,7 +741,9 @@ impl Tcp {
             armed += 1;
         }
         let open = armed.min(room) as u32;
-        self.watch.get_mut().set_gate(addr, port, open);
+        let watch = self.watch.get_mut();
+        watch.set_gate(addr, port, open, half_open > 0);
+        watch.release_held(addr, port, now, open);
         half_open
     }
 
@@ -898,6 +941,9 @@ impl Tcp {
             return;
         };
         let socket = sockets.get_mut::<tcp::Socket>(handle);
+        if meta.fin_pending && !meta.aborted && socket.send_queue() == 0 {
+            send_fin(socket, meta);
+        }
         let state = State::from(socket.state());
         if state != meta.state {
             log::debug!(
@@ -912,7 +958,7 @@ impl Tcp {
             meta.state = state;
             meta.since = now;
             meta.warned = false;
-            if state == State::CloseWait && !closed {
+            if state == State::CloseWait && !closed && !meta.write_shut {
                 sooner(&mut self.next_chores, now + self.close_wait_warning);
             }
             self.trace_state(tuple, from, state, closed, aborted);
@@ -977,7 +1023,11 @@ impl Tcp {
                     meta.aborted = true;
                 }
                 next = Some(now + ORPHAN_TICK);
-            } else if meta.state == State::CloseWait && !meta.closed && !meta.warned {
+            } else if meta.state == State::CloseWait
+                && !meta.closed
+                && !meta.write_shut
+                && !meta.warned
+            {
                 if age >= self.close_wait_warning {
                     log::warn!(
                         "{} -> {}: in CLOSE-WAIT for {:.1?}: the peer closed, but the \

@@ -19,7 +19,7 @@ use smoltcp::socket::tcp;
 
 use crate::conn::{Conn, DEFAULT_BACKLOG, Listener, Network};
 use crate::error::{OpError, cause};
-use crate::table::{Opts, apply_keepalive};
+use crate::table::{Opts, apply_keepalive, send_fin};
 use crate::{Blocked, Core, Stack, Step};
 
 /// Receive and send buffers are kept within these bounds. A window scale of 14 could
@@ -200,6 +200,9 @@ pub struct TcpInfo {
     pub rto: Option<Duration>,
     /// Segments sent again.
     pub retransmits: u64,
+    /// Retransmissions started by a loss signal rather than a timeout: three duplicate
+    /// ACKs (RFC 5681 §3.2), or SACK blocks showing the loss (RFC 6675; see `watch.rs`).
+    pub fast_retransmits: u64,
     /// Keepalive probes sent.
     pub keepalive_probes: u64,
     /// Zero-window probes sent.
@@ -237,6 +240,7 @@ impl TcpInfo {
             rtt: None,
             rto: None,
             retransmits: 0,
+            fast_retransmits: 0,
             keepalive_probes: 0,
             zero_window_probes: 0,
             acks_salvaged: 0,
@@ -882,6 +886,7 @@ pub(crate) fn conn_info(core: &Core, handle: SocketHandle, now: Instant) -> Opti
         rtt: wire.and_then(|w| w.srtt),
         rto: wire.and_then(|w| w.rto()),
         retransmits: wire.map_or(0, |w| w.retransmits),
+        fast_retransmits: wire.map_or(0, |w| w.fast_retransmits),
         keepalive_probes: wire.map_or(0, |w| w.probes),
         zero_window_probes: wire.map_or(0, |w| w.zero_window_probes),
         acks_salvaged: wire.map_or(0, |w| w.acks_salvaged),
@@ -1173,7 +1178,7 @@ impl StreamInner {
             }
             if matches!(how, Shutdown::Write | Shutdown::Both) {
                 meta.write_shut = true;
-                socket.close();
+                send_fin(socket, meta);
             }
             meta.wake_all();
             Ok(())
@@ -1204,7 +1209,7 @@ impl StreamInner {
                 socket.abort();
                 meta.aborted = true;
             } else {
-                socket.close();
+                send_fin(socket, meta);
             }
             if abort || linger.is_none() {
                 return Ok(None);

@@ -153,8 +153,14 @@ pub(crate) enum Note {
     KeepaliveProbe,
     ZeroWindowProbe,
     AckSalvaged,
+    /// Data under an ACK older than one already taken: the data kept, the ACK ignored.
+    OldAck,
+    /// SACK shows the segment at SND.UNA lost: smoltcp fast-retransmits it.
+    LossDetected,
     /// A SYN dropped because the listener's backlog is full.
     BacklogFull,
+    /// A SYN held while the oldest half-open connection makes room for it.
+    SynHeld,
 }
 
 impl Note {
@@ -164,7 +170,10 @@ impl Note {
             Note::KeepaliveProbe => "keepalive probe",
             Note::ZeroWindowProbe => "zero-window probe",
             Note::AckSalvaged => "ACK salvaged from outside the window",
+            Note::OldAck => "old ACK ignored, data taken",
+            Note::LossDetected => "SACK shows a loss: fast retransmit",
             Note::BacklogFull => "dropped: backlog full",
+            Note::SynHeld => "held: the oldest half-open connection makes room",
         }
     }
 }

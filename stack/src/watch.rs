@@ -12,20 +12,39 @@
 //!   advertise (scaled by the shifts from the SYNs, RFC 7323 §2), and an RTT estimate
 //!   (RFC 6298, timed on segments that were never retransmitted, per Karn);
 //! - it holds the **gate** of each listener: a SYN for a listener whose backlog is
-//!   full is dropped here, unanswered, so the client retries, as Linux does. smoltcp
-//!   would otherwise answer it with RST;
-//! - and it **salvages ACKs** that smoltcp would throw away with the segment carrying
+//!   full is dropped here, unanswered, so the client retries, as Linux does (smoltcp
+//!   would otherwise answer it with RST); when the backlog is full of half-open
+//!   connections, the SYN is held instead while the driver recycles the oldest one
+//!   for it (RFC 4987 §3.4), then handed to smoltcp;
+//! - it **salvages ACKs** that smoltcp would throw away with the segment carrying
 //!   them. smoltcp drops a segment outside the receive window whole, ACK included. But
 //!   RFC 9293 §3.10.7.4 says a zero window must still take valid ACKs, and a Linux peer
 //!   whose window we shrank by rounding (RFC 7323 §2.3: smoltcp rounds the free space
 //!   down to its scale) stamps its pure ACKs a few bytes past our right edge. Were the
 //!   ACK lost, a connection whose both windows are full (an echo server blocked in a
 //!   write) would wait forever: it cannot read until the peer's ACK frees its send
-//!   buffer. So the watch hands smoltcp such an ACK again, as a bare segment at
-//!   RCV.NXT, right after the original.
+//!   buffer. Behind the left edge it is the same: a pure ACK overtaken by the peer's
+//!   later data, or one from a peer that went back to its oldest unacknowledged byte
+//!   after a retransmission timeout (smoltcp does). Two smoltcp ends that time out at
+//!   once would each drop every ACK of the other's, and stall until they gave up. So
+//!   the watch hands smoltcp such an ACK again, as a bare segment at RCV.NXT, right
+//!   after the original;
+//! - it **mends data under an old ACK**: reordering can put a segment with data behind
+//!   a later one whose ACK smoltcp already took, and smoltcp drops such a segment whole,
+//!   where RFC 9293 §3.10.7.4 ignores only the ACK. smoltcp gets a copy under the newest
+//!   ACK instead, so the peer need not send the data again;
+//! - and it **detects losses from SACK**. smoltcp fast-retransmits only after three
+//!   bare duplicate ACKs (RFC 5681 §3.2): a flight of two or three segments never
+//!   brings three, nor does a peer that sends data of its own, and every such loss
+//!   waits out a retransmission timeout of a second or more. The peer's SACK blocks
+//!   (RFC 2018) say what it holds; when three segments sent after SND.UNA's arrived
+//!   (RFC 6675 §4), or all of a smaller flight but that one (RFC 5827), the watch
+//!   hands smoltcp the duplicate ACKs that make it send SND.UNA's segment again.
 //!
 //! It also **screens** what smoltcp would mishandle (see `tests/tests/hostile.rs`):
 //!
+//! - Segments are parsed as smoltcp parses them, checksums included, before they move
+//!   any number of the watch's: a bit flipped on the link must not pass for news.
 //! - ARP replies for addresses the stack did not ask about are dropped. smoltcp fills
 //!   its neighbour cache from any ARP packet aimed at it, so one unsolicited reply would
 //!   redirect the stack's traffic for an address to any MAC.
@@ -34,23 +53,40 @@
 //!   on any in-window RST and ignores an in-window SYN. The watch drops the segment and
 //!   hands smoltcp a bare ACK of data never sent instead, which smoltcp answers with its
 //!   own challenge ACK (rate-limited to one per second, RFC 5961 §7).
+//! - IPv4 fragments are reassembled here (`reassembly.rs`), and the whole datagram
+//!   goes through the watch like any other frame.
 //!
 //! Only tuples the stack owns are tracked (connections and listeners' half-open ones), so
 //! a flood of strangers costs a header parse and a hash lookup per frame, nothing more.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use smoltcp::phy::{self, Device, DeviceCapabilities};
 
+use crate::reassembly::{self, Reassembly};
 use crate::trace::{Dir, Isns, Note, Trace};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol,
-    Ipv4Packet, Ipv4Repr, TcpControl, TcpOption, TcpPacket, TcpRepr, TcpSeqNumber,
+    Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
+
+/// The most ranges a connection's SACK scoreboard keeps (the lowest, which matter).
+const MAX_SACKED_RANGES: usize = 16;
+/// The most segments in flight the watch remembers for SACK loss detection (a 256 KiB
+/// window holds about 180 full ones).
+const MAX_FLIGHT: usize = 1024;
+
+/// The most SYNs held at once while listeners recycle half-open connections; beyond,
+/// the longest held is dropped (its client retries), so that when a flood ends the
+/// clients who came after it are among those held. As many as a 10,000-a-second flood
+/// brings in 25 ms, however far the driver lags behind it (about 20 KiB).
+const MAX_HELD: usize = 256;
+/// How long a SYN may be held; then it is dropped, as its client is about to retry.
+const MAX_HOLD: Duration = Duration::from_secs(1);
 
 /// How long an ARP request of ours makes a reply for its address welcome.
 const ARP_ASKED_FOR: Duration = Duration::from_secs(10);
@@ -100,6 +136,28 @@ pub(crate) struct Wire {
     syn_end: Option<TcpSeqNumber>,
     /// The peer has acknowledged our SYN: RFC 5961 applies from here on.
     synced: bool,
+    /// The largest window we have advertised, in bytes: how far behind RCV.NXT a
+    /// peer's sequence number may lag and its ACK still be taken (RFC 5961 §5.2 bounds
+    /// ACKs by MAX.SND.WND the same way).
+    our_window_max: u32,
+    /// The largest window the peer has advertised (RFC 5961's MAX.SND.WND).
+    peer_window_max: u32,
+    /// Where each segment of new data we sent ends, oldest first, while unacknowledged:
+    /// what the SACK scoreboard is counted in.
+    flight: VecDeque<TcpSeqNumber>,
+    /// The (ACK, raw window) of the last segment of the peer's that smoltcp took.
+    last_ack: Option<(TcpSeqNumber, u16)>,
+    /// The peer's bare duplicate ACKs in a row (RFC 5681 §2), as smoltcp counts them.
+    dup_acks: u8,
+    /// The last loss signal: the SND.UNA whose segment smoltcp was to send again, when,
+    /// and whether it has gone out.
+    recovery: Option<(TcpSeqNumber, Instant, bool)>,
+    /// What the peer's SACK blocks say it holds above SND.UNA (RFC 6675 §3's
+    /// scoreboard): sorted, disjoint ranges [left, right).
+    sacked: Vec<(TcpSeqNumber, TcpSeqNumber)>,
+    /// Fast retransmissions sent: smoltcp's own (three duplicate ACKs) and those the
+    /// watch set off when SACK showed a loss.
+    pub(crate) fast_retransmits: u64,
 }
 
 impl Wire {
@@ -130,6 +188,14 @@ impl Wire {
             acks_salvaged: 0,
             syn_end: None,
             synced: false,
+            our_window_max: 0,
+            peer_window_max: 0,
+            flight: VecDeque::new(),
+            last_ack: None,
+            dup_acks: 0,
+            recovery: None,
+            sacked: Vec::new(),
+            fast_retransmits: 0,
         }
     }
 
@@ -173,9 +239,38 @@ impl Wire {
         if !news || self.snd_max.is_some_and(|max| ack > max) {
             return false;
         }
+        let acceptable = self.acceptable(seg, rcv_nxt);
+        if !acceptable && !self.in_reach(seg, rcv_nxt) {
+            return false;
+        }
+        self.taken = Some((ack, seg.window));
+        !acceptable
+    }
+
+    /// Whether `seg` lies where an honest peer's segment may, though outside the window
+    /// that starts at `rcv_nxt`: its ACK is then worth taking.
+    fn in_reach(&self, seg: &Segment, rcv_nxt: TcpSeqNumber) -> bool {
+        let (start, win_start) = (seg.seq, rcv_nxt);
+        let win_end = rcv_nxt + self.our_window as usize;
+        // Beyond the right edge by more than the rounding of one scale unit, a segment
+        // is no peer's honest mistake: let smoltcp drop it, ACK and all (RFC 5961 §5).
+        let slop = 1usize << self.our_shift.unwrap_or(0).min(14);
+        let near = win_start <= start && start <= win_end + slop;
+        // Behind the left edge, within the largest window we advertised: a pure ACK
+        // overtaken by the peer's later data, or one from a peer that went back to its
+        // oldest unacknowledged byte after a retransmission timeout (smoltcp does).
+        // Were both ends to do that at once, each would drop every ACK of the other's,
+        // and the connection would stall until it timed out.
+        let behind = start < win_start && win_start - start <= self.our_window_max as usize;
+        near || behind
+    }
+
+    /// Whether smoltcp finds `seg` inside the receive window that starts at `rcv_nxt`
+    /// (RFC 9293 §3.10.7.4's acceptability test, as smoltcp implements it).
+    fn acceptable(&self, seg: &Segment, rcv_nxt: TcpSeqNumber) -> bool {
         let (start, end) = (seg.seq, seg.seq + seg.payload_len);
         let (win_start, win_end) = (rcv_nxt, rcv_nxt + self.our_window as usize);
-        let acceptable = match (seg.payload_len == 0, win_start == win_end) {
+        match (seg.payload_len == 0, win_start == win_end) {
             // A keepalive probe: smoltcp answers it and looks no further.
             (true, _) if end + 1 == win_start => false,
             (true, true) => start == win_start,
@@ -184,16 +279,147 @@ impl Wire {
             (false, false) => {
                 (win_start <= start && start < win_end) || (win_start < end && end <= win_end)
             }
+        }
+    }
+
+    /// The segment smoltcp should see instead of `seg` when `seg` brings data (or a
+    /// FIN) under an ACK older than one smoltcp already took: reordering put it behind
+    /// a later segment. smoltcp drops such a segment whole, data and all, where RFC 9293
+    /// §3.10.7.4 ignores only the old ACK; the peer would have to send the data again.
+    /// The copy carries the newest ACK and window instead. An ACK further back than the
+    /// peer's largest window is no honest peer's (RFC 5961 §5.2): smoltcp drops that.
+    fn mend_old_ack(&self, seg: &Segment, frame: &[u8]) -> Option<Vec<u8>> {
+        let (ack, (una, window)) = (seg.ack?, self.taken?);
+        let carries = seg.payload_len > 0 || seg.fin;
+        if ack >= una || !carries || seg.syn || seg.rst || !self.synced {
+            return None;
+        }
+        if una - ack > self.peer_window_max as usize {
+            return None;
+        }
+        copy_segment(frame, false, |tcp| {
+            tcp.set_ack_number(una);
+            tcp.set_window_len(window);
+        })
+    }
+
+    /// Whether `seg`, as smoltcp takes it, shows that the segment at SND.UNA was lost,
+    /// so that smoltcp should fast-retransmit it now rather than wait a retransmission
+    /// timeout of a second or more. smoltcp counts only bare duplicate ACKs (RFC 5681
+    /// §3.2), so a flight of two or three segments, or a peer that sends data of its
+    /// own, never makes three. The peer's SACK blocks (RFC 2018) say more: SND.UNA's
+    /// segment is lost once three segments' worth above it arrived (RFC 6675 §4's
+    /// DupThresh), or all of a smaller flight but that segment did (RFC 5827's early
+    /// retransmit). Once per segment, and again only if its retransmission seems lost
+    /// too: no ACK for it after an RTT and a quarter (RFC 8985's reordering window).
+    ///
+    /// `took` is the (ACK, raw window, bare) of the segment smoltcp takes for `seg`: the
+    /// segment itself, its salvaged ACK, or its mended copy; `smoltcp_takes` is false
+    /// when smoltcp drops it, and only its SACK blocks count.
+    fn loss_detected(
+        &mut self,
+        seg: &Segment,
+        took: (TcpSeqNumber, u16, bool),
+        smoltcp_takes: bool,
+        now: Instant,
+    ) -> bool {
+        let (ack, window, bare) = took;
+        let Some(max) = self.snd_max else {
+            return false;
         };
-        // Beyond the right edge by more than the rounding of one scale unit, a segment
-        // is no peer's honest mistake: let smoltcp drop it, ACK and all (RFC 5961 §5).
-        let slop = 1usize << self.our_shift.unwrap_or(0).min(14);
-        let near = win_start <= start && start <= win_end + slop;
-        if !acceptable && !near {
+        // smoltcp's own count: bare segments repeating the ACK and window (RFC 5681 §2).
+        if smoltcp_takes {
+            let repeat = self.last_ack == Some((ack, window));
+            self.last_ack = Some((ack, window));
+            if bare && repeat && ack < max {
+                self.dup_acks = self.dup_acks.saturating_add(1);
+                if self.dup_acks == 3 {
+                    self.recovery = Some((ack, now, false));
+                    return false;
+                }
+            } else {
+                self.dup_acks = 0;
+            }
+        }
+        while self.flight.front().is_some_and(|&end| end <= ack) {
+            self.flight.pop_front();
+        }
+        if self.taken.is_none_or(|(una, _)| ack != una) || ack >= max {
+            self.sacked.clear();
             return false;
         }
-        self.taken = Some((ack, seg.window));
-        !acceptable
+        self.note_sack(seg, ack, max);
+        if self.sacked.is_empty() {
+            return false;
+        }
+        // Segments sent after SND.UNA's that the peer holds whole.
+        let (mut held, mut start) = (0, ack);
+        for &end in &self.flight {
+            if self.sacked.iter().any(|&(l, r)| l <= start && end <= r) {
+                held += 1;
+            }
+            start = end;
+        }
+        let in_flight = self.flight.len();
+        if held < 3 && !(in_flight < 4 && held > 0 && held + 1 >= in_flight) {
+            return false;
+        }
+        if let Some((at_ack, at, _)) = self.recovery
+            && at_ack == ack
+        {
+            let rtt = self.srtt.unwrap_or(Duration::from_secs(1));
+            let wait = rtt + (rtt / 4).max(Duration::from_millis(5));
+            if now.saturating_duration_since(at) < wait {
+                return false;
+            }
+        }
+        self.recovery = Some((ack, now, false));
+        true
+    }
+
+    /// Adds `seg`'s SACK blocks to the scoreboard, which keeps only what lies between
+    /// SND.UNA (`una`) and what was sent (`max`). A block of the peer's says it holds
+    /// those bytes; it need not repeat older blocks (RFC 2018 §4 sends the newest first,
+    /// and ACKs get lost), so the scoreboard remembers them.
+    fn note_sack(&mut self, seg: &Segment, una: TcpSeqNumber, max: TcpSeqNumber) {
+        self.sacked.retain_mut(|range| {
+            if range.1 <= una {
+                return false;
+            }
+            if range.0 < una {
+                range.0 = una;
+            }
+            true
+        });
+        for &(left, right) in seg.sack.iter().flatten() {
+            let (mut left, mut right) = (
+                if left < una { una } else { left },
+                if right > max { max } else { right },
+            );
+            if left >= right {
+                continue;
+            }
+            // Merge with every range it touches.
+            self.sacked.retain(|&(l, r)| {
+                if r < left || l > right {
+                    return true;
+                }
+                if l < left {
+                    left = l;
+                }
+                if r > right {
+                    right = r;
+                }
+                false
+            });
+            let at = self
+                .sacked
+                .iter()
+                .position(|&(l, _)| l > left)
+                .unwrap_or(self.sacked.len());
+            self.sacked.insert(at, (left, right));
+            self.sacked.truncate(MAX_SACKED_RANGES);
+        }
     }
 
     /// The retransmission timeout RFC 6298 §2 derives from the samples (1 s floor).
@@ -226,6 +452,9 @@ pub(crate) struct Gate {
     pub(crate) port: u16,
     /// SYNs it may still let through before the driver re-arms it.
     pub(crate) open: u32,
+    /// Its backlog holds half-open connections, the oldest of which a SYN may take
+    /// over when the backlog is full.
+    pub(crate) recyclable: bool,
     /// SYNs dropped because the backlog was full.
     pub(crate) dropped: u64,
 }
@@ -243,8 +472,10 @@ pub(crate) struct Watch {
     active: bool,
     /// Entries let in by a gate and not yet connections.
     half_open: usize,
-    /// Bare ACKs salvaged from dropped segments, for smoltcp to take next.
-    salvaged: Vec<Vec<u8>>,
+    /// Segments for smoltcp to take next, in order, before the device's next frame:
+    /// ACKs salvaged from dropped segments, challenge triggers, mended copies, and
+    /// duplicate ACKs that start a fast retransmission.
+    salvaged: VecDeque<Vec<u8>>,
     /// Where segment lines go, when the stack is traced.
     pub(crate) trace: Option<Trace>,
     isns: Isns,
@@ -254,6 +485,17 @@ pub(crate) struct Watch {
     time_wait: HashMap<Tuple, TimeWait>,
     /// Frames the watch itself sends (the ACK of a FIN in TIME-WAIT), for the driver.
     replies: Vec<Vec<u8>>,
+    /// SYNs for a listener whose backlog is full of half-open connections, held while
+    /// the driver recycles the oldest ones: (destination, when held, frame), oldest
+    /// first.
+    held: Vec<(SocketAddrV4, Instant, Vec<u8>)>,
+    /// Frames for smoltcp to take next, through the watch again: held SYNs released,
+    /// and datagrams reassembled from fragments.
+    replay: VecDeque<Replay>,
+    /// IPv4 datagrams being reassembled.
+    reassembly: Reassembly,
+    /// A released SYN is on its way through: it is not held twice.
+    replaying: bool,
 }
 
 /// A connection in TIME-WAIT after its socket was freed: what it takes to answer a
@@ -286,6 +528,22 @@ struct Seen {
     /// The window in bytes, scaled, once the watch knows the scale.
     window: Option<u32>,
     note: Option<Note>,
+}
+
+/// A frame the watch hands smoltcp through itself again.
+pub(crate) enum Replay {
+    /// A SYN held while its listener made room, and where it goes.
+    Held(SocketAddrV4, Vec<u8>),
+    /// An IPv4 datagram reassembled from fragments.
+    Reassembled(Vec<u8>),
+}
+
+impl Replay {
+    fn frame(&self) -> &[u8] {
+        match self {
+            Replay::Held(_, frame) | Replay::Reassembled(frame) => frame,
+        }
+    }
 }
 
 /// What to do with an arriving frame.
@@ -469,21 +727,58 @@ impl Watch {
     }
 
     /// Sets how many SYNs the listener on `addr:port` may take (adding its gate).
-    pub(crate) fn set_gate(&mut self, addr: Ipv4Addr, port: u16, open: u32) {
+    pub(crate) fn set_gate(&mut self, addr: Ipv4Addr, port: u16, open: u32, recyclable: bool) {
         match self.gate_mut(addr, port) {
-            Some(gate) => gate.open = open,
+            Some(gate) => (gate.open, gate.recyclable) = (open, recyclable),
             None => self.gates.push(Gate {
                 addr,
                 port,
                 open,
+                recyclable,
                 dropped: 0,
             }),
         }
         self.active = true;
     }
 
+    /// SYNs held for the listener at `addr`:`port` while it makes room (see `held`).
+    pub(crate) fn held_for(&self, addr: Ipv4Addr, port: u16) -> usize {
+        self.held
+            .iter()
+            .filter(|(dst, _, _)| for_listener(*dst, addr, port))
+            .count()
+    }
+
+    /// The listener at `addr`:`port` has room for `open` more SYNs: as many of those
+    /// held for it go to smoltcp ahead of the device's next frame, through the gate
+    /// again, newest first (when a flood ends, the clients that came after it are
+    /// served before what it left). Those held too long are dropped.
+    pub(crate) fn release_held(&mut self, addr: Ipv4Addr, port: u16, now: Instant, open: u32) {
+        self.held.retain(|(dst, at, _)| {
+            !for_listener(*dst, addr, port) || now.saturating_duration_since(*at) < MAX_HOLD
+        });
+        // Those released before and still on their way take their places first.
+        let on_the_way = self
+            .replay
+            .iter()
+            .filter(|r| matches!(r, Replay::Held(dst, _) if for_listener(*dst, addr, port)))
+            .count();
+        let mut n = (open as usize).saturating_sub(on_the_way);
+        let mut i = self.held.len();
+        while n > 0 && i > 0 {
+            i -= 1;
+            if for_listener(self.held[i].0, addr, port) {
+                let (dst, _, frame) = self.held.remove(i);
+                self.replay.push_back(Replay::Held(dst, frame));
+                n -= 1;
+            }
+        }
+    }
+
     pub(crate) fn remove_gate(&mut self, addr: Ipv4Addr, port: u16) {
         self.gates.retain(|g| !(g.addr == addr && g.port == port));
+        self.held
+            .retain(|(dst, _, _)| !for_listener(*dst, addr, port));
         self.active = !self.conns.is_empty() || !self.gates.is_empty();
     }
 
@@ -495,13 +790,6 @@ impl Watch {
         self.gates
             .iter_mut()
             .find(|g| g.addr == addr && g.port == port)
-    }
-
-    /// The gate a segment to `dst` meets, if any listener holds that port.
-    fn gate_for(&mut self, dst: SocketAddrV4) -> Option<&mut Gate> {
-        self.gates
-            .iter_mut()
-            .find(|g| g.port == dst.port() && (g.addr.is_unspecified() || g.addr == *dst.ip()))
     }
 
     /// Tuples that saw a segment since the last call, each once.
@@ -534,6 +822,14 @@ impl Watch {
     }
 
     fn inbound(&mut self, frame: &[u8], now: Instant) -> Verdict {
+        if reassembly::is_fragment(frame) {
+            // smoltcp takes no fragments: the whole datagram, once here, goes through
+            // the watch like any other frame.
+            if let Some(whole) = self.reassembly.fragment(frame, now) {
+                self.replay.push_back(Replay::Reassembled(whole));
+            }
+            return Verdict::Drop;
+        }
         let mut seen = Seen::default();
         let verdict = if self.screen_out(frame, now) {
             Verdict::Drop
@@ -544,6 +840,21 @@ impl Watch {
             trace.segment(&mut self.isns, Dir::In, frame, seen.window, seen.note);
         }
         verdict
+    }
+
+    /// A frame of the watch's own making on its way in: a held SYN, released, meets the
+    /// gates again (its trace line is written already); a reassembled datagram is seen
+    /// as if it had just arrived.
+    fn replayed(&mut self, replay: &Replay, now: Instant) -> Verdict {
+        match replay {
+            Replay::Held(_, frame) => {
+                self.replaying = true;
+                let verdict = self.observe_in(frame, now, &mut Seen::default());
+                self.replaying = false;
+                verdict
+            }
+            Replay::Reassembled(frame) => self.inbound(frame, now),
+        }
     }
 
     fn outbound(&mut self, frame: &[u8], now: Instant) {
@@ -578,7 +889,7 @@ impl Watch {
         if !self.active {
             return Verdict::Pass;
         }
-        let Some(seg) = Segment::parse(frame) else {
+        let Some(seg) = Segment::arriving(frame) else {
             return Verdict::Pass;
         };
         // Arriving, the segment's destination is our end.
@@ -594,7 +905,7 @@ impl Watch {
                     seg.dst,
                     if seg.syn { "SYN" } else { "RST" }
                 );
-                self.salvaged.push(trigger);
+                self.salvaged.push_back(trigger);
                 return Verdict::Drop;
             }
             if !seg.rst
@@ -628,6 +939,7 @@ impl Watch {
                 wire.peer_shift.unwrap_or(0)
             };
             wire.peer_window = u32::from(seg.window) << shift.min(14);
+            wire.peer_window_max = wire.peer_window_max.max(wire.peer_window);
             seen.window = wire.peer_shift.map(|_| wire.peer_window);
             if let (Some(ack), Some((until, sent))) = (seg.ack, wire.timing)
                 && ack >= until
@@ -635,31 +947,84 @@ impl Watch {
                 wire.sample_rtt(now.saturating_duration_since(sent));
                 wire.timing = None;
             }
-            if let Some(rcv_nxt) = wire.rcv_nxt
-                && wire.needs_salvage(&seg)
-                && let Some(bare) = bare_ack(frame, rcv_nxt)
+            let mut verdict = Verdict::Pass;
+            if let (Some(rcv_nxt), Some(ack)) = (wire.rcv_nxt, seg.ack)
+                && !seg.syn
+                && !seg.rst
             {
-                wire.acks_salvaged += 1;
-                seen.note = Some(Note::AckSalvaged);
-                log::debug!(
-                    "{} -> {}: salvaged ACK {} from a segment outside our window",
-                    seg.src,
-                    seg.dst,
-                    seg.ack.map_or(0, |a| a.0)
-                );
-                self.salvaged.push(bare);
+                // What smoltcp takes of the segment: (ACK, window, bare), and where the
+                // next segment from the peer would start.
+                let after = seg.seq + seg.payload_len;
+                let (mut took, mut seen_only) = (None, false);
+                if wire.needs_salvage(&seg) {
+                    if let Some(bare) = bare_ack(frame, rcv_nxt) {
+                        wire.acks_salvaged += 1;
+                        seen.note = Some(Note::AckSalvaged);
+                        log::debug!(
+                            "{} -> {}: salvaged ACK {} from a segment outside our window",
+                            seg.src,
+                            seg.dst,
+                            ack.0
+                        );
+                        self.salvaged.push_back(bare);
+                        took = Some((ack, seg.window, true, rcv_nxt));
+                    }
+                } else if let Some(copy) = wire.mend_old_ack(&seg, frame)
+                    && let Some((una, window)) = wire.taken
+                {
+                    seen.note = Some(Note::OldAck);
+                    self.salvaged.push_back(copy);
+                    verdict = Verdict::Drop;
+                    took = Some((una, window, false, after));
+                } else if wire.acceptable(&seg, rcv_nxt) {
+                    if wire.taken.is_none_or(|(una, _)| ack >= una) {
+                        let bare = seg.payload_len == 0 && !seg.fin;
+                        took = Some((ack, seg.window, bare, after));
+                    }
+                } else if wire.in_reach(&seg, rcv_nxt) {
+                    // smoltcp drops it, and its ACK is old news; its SACK blocks are
+                    // not (a pure ACK overtaken by the peer's data is common).
+                    seen_only = true;
+                    took = Some((ack, seg.window, true, rcv_nxt));
+                }
+                if let Some((ack, window, bare, seq)) = took
+                    && !seg.fin
+                    && wire.loss_detected(&seg, (ack, window, bare), !seen_only, now)
+                {
+                    seen.note = seen.note.or(Some(Note::LossDetected));
+                    log::debug!(
+                        "{} -> {}: SACK shows {} lost: fast retransmit",
+                        seg.dst,
+                        seg.src,
+                        ack.0
+                    );
+                    self.salvaged.extend(dup_acks(frame, seq, ack, window));
+                }
             }
             Self::touch(&mut self.touched, tuple, wire);
-            return Verdict::Pass;
+            return verdict;
         }
         let syn_only = seg.syn && seg.ack.is_none() && !seg.rst;
-        let Some(gate) = self.gate_for(seg.dst) else {
+        let Some(gate) = gate_for(&mut self.gates, seg.dst) else {
             return Verdict::Pass;
         };
         if !syn_only {
             // Perhaps the ACK that completes a half-open connection of a listener's.
             self.rearm = true;
             return Verdict::Pass;
+        }
+        if gate.open == 0 && gate.recyclable && !self.replaying {
+            // The backlog is full of half-open connections: the oldest makes room for
+            // this SYN (RFC 4987 §3.4) once it has had time to complete, and the SYN
+            // waits here meanwhile, so that a client arriving right after a SYN flood
+            // is answered at once rather than after its first retransmission.
+            seen.note = Some(Note::SynHeld);
+            if self.held.len() == MAX_HELD {
+                self.held.remove(0);
+            }
+            self.held.push((seg.dst, now, frame.to_vec()));
+            self.rearm = true;
+            return Verdict::Drop;
         }
         if gate.open == 0 {
             gate.dropped += 1;
@@ -690,7 +1055,7 @@ impl Watch {
         if !self.active {
             return;
         }
-        let Some(seg) = Segment::parse(frame) else {
+        let Some(seg) = Segment::leaving(frame) else {
             return;
         };
         let tuple = (seg.src, seg.dst);
@@ -717,6 +1082,7 @@ impl Watch {
             wire.our_shift.unwrap_or(0)
         };
         wire.our_window = u32::from(seg.window) << shift.min(14);
+        wire.our_window_max = wire.our_window_max.max(wire.our_window);
         seen.window = wire.our_shift.map(|_| wire.our_window);
         if let Some(ack) = seg.ack
             && !seg.rst
@@ -747,6 +1113,13 @@ impl Watch {
                 }
                 Some(max) if end <= max => {
                     wire.retransmits += 1;
+                    if let Some((una, _, sent @ false)) = &mut wire.recovery
+                        && *una == seg.seq
+                    {
+                        // The retransmission a loss signal asked for, before any timer.
+                        *sent = true;
+                        wire.fast_retransmits += 1;
+                    }
                     seen.note = Some(Note::Retransmission);
                     wire.timing = None; // Karn: never time a retransmitted segment.
                 }
@@ -759,11 +1132,32 @@ impl Watch {
                         wire.timing = Some((end, now));
                     }
                     wire.snd_max = Some(end);
+                    // Where its data ends: a FIN takes a sequence number, but no SACK
+                    // block can cover it (RFC 2018 §3 speaks of data only).
+                    let data_end = end - usize::from(seg.fin);
+                    if data_end != seg.seq {
+                        if wire.flight.len() == MAX_FLIGHT {
+                            wire.flight.pop_front();
+                        }
+                        wire.flight.push_back(data_end);
+                    }
                 }
             }
         }
         Self::touch(&mut self.touched, tuple, wire);
     }
+}
+
+/// Whether a segment to `dst` is for the listener at `addr`:`port`.
+fn for_listener(dst: SocketAddrV4, addr: Ipv4Addr, port: u16) -> bool {
+    dst.port() == port && (addr.is_unspecified() || addr == *dst.ip())
+}
+
+/// The gate among `gates` that a segment to `dst` meets, if any listener holds that port.
+fn gate_for(gates: &mut [Gate], dst: SocketAddrV4) -> Option<&mut Gate> {
+    gates
+        .iter_mut()
+        .find(|g| g.port == dst.port() && (g.addr.is_unspecified() || g.addr == *dst.ip()))
 }
 
 /// The fields of a TCP segment the watch needs, from a checked parse of the frame.
@@ -777,46 +1171,57 @@ struct Segment {
     rst: bool,
     window: u16,
     wscale: Option<u8>,
+    /// The peer's SACK blocks (RFC 2018), as sequence ranges [left, right).
+    sack: [Option<(TcpSeqNumber, TcpSeqNumber)>; 3],
     payload_len: usize,
 }
 
 impl Segment {
-    fn parse(frame: &[u8]) -> Option<Segment> {
+    /// An arriving segment, only if smoltcp will take it as one: checksums right,
+    /// options and flags well-formed, the same parse smoltcp makes. A segment damaged on
+    /// the link must not move the watch's numbers (a flipped bit in an ACK field would
+    /// make every later ACK look old).
+    fn arriving(frame: &[u8]) -> Option<Segment> {
+        Segment::parse(frame, &ChecksumCapabilities::default())
+    }
+
+    /// A segment smoltcp sent: well-formed by construction, so checksums go unchecked.
+    fn leaving(frame: &[u8]) -> Option<Segment> {
+        Segment::parse(frame, &ChecksumCapabilities::ignored())
+    }
+
+    fn parse(frame: &[u8], caps: &ChecksumCapabilities) -> Option<Segment> {
         let eth = EthernetFrame::new_checked(frame).ok()?;
         if eth.ethertype() != EthernetProtocol::Ipv4 {
             return None;
         }
-        let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
-        if ip.next_header() != IpProtocol::Tcp || ip.more_frags() || ip.frag_offset() != 0 {
+        let packet = Ipv4Packet::new_checked(eth.payload()).ok()?;
+        if packet.next_header() != IpProtocol::Tcp
+            || packet.more_frags()
+            || packet.frag_offset() != 0
+        {
             return None;
         }
-        let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
-        let mut wscale = None;
-        if tcp.syn() {
-            let mut options = tcp.options();
-            while !options.is_empty() {
-                let Ok((rest, option)) = TcpOption::parse(options) else {
-                    break;
-                };
-                match option {
-                    TcpOption::EndOfList => break,
-                    TcpOption::WindowScale(shift) => wscale = Some(shift),
-                    _ => {}
-                }
-                options = rest;
-            }
-        }
+        let ip = Ipv4Repr::parse(&packet, caps).ok()?;
+        let tcp = TcpPacket::new_checked(packet.payload()).ok()?;
+        let (src, dst) = (ip.src_addr.into(), ip.dst_addr.into());
+        let repr = TcpRepr::parse(&tcp, &src, &dst, caps).ok()?;
+        let flag = |control| repr.control == control;
+        let sack = repr.sack_ranges.map(|range| {
+            range.map(|(left, right)| (TcpSeqNumber(left as i32), TcpSeqNumber(right as i32)))
+        });
         Some(Segment {
-            src: SocketAddrV4::new(ip.src_addr(), tcp.src_port()),
-            dst: SocketAddrV4::new(ip.dst_addr(), tcp.dst_port()),
-            seq: tcp.seq_number(),
-            ack: tcp.ack().then(|| tcp.ack_number()),
-            syn: tcp.syn(),
-            fin: tcp.fin(),
-            rst: tcp.rst(),
-            window: tcp.window_len(),
-            wscale,
-            payload_len: tcp.payload().len(),
+            src: SocketAddrV4::new(ip.src_addr, repr.src_port),
+            dst: SocketAddrV4::new(ip.dst_addr, repr.dst_port),
+            seq: repr.seq_number,
+            ack: repr.ack_number,
+            syn: flag(TcpControl::Syn),
+            fin: flag(TcpControl::Fin),
+            rst: flag(TcpControl::Rst),
+            window: repr.window_len,
+            wscale: repr.window_scale,
+            sack,
+            payload_len: repr.payload.len(),
         })
     }
 }
@@ -873,25 +1278,60 @@ fn reply_ack(frame: &[u8], seq: TcpSeqNumber, ack: TcpSeqNumber, window: u16) ->
 /// PSH or URG, sequence number `seq`, checksums filled. `None` if `frame` is not a
 /// well-formed IPv4 TCP segment.
 fn bare_ack(frame: &[u8], seq: TcpSeqNumber) -> Option<Vec<u8>> {
+    copy_segment(frame, true, |tcp| tcp.set_seq_number(seq))
+}
+
+/// The duplicate ACKs that make smoltcp fast-retransmit (see `Wire::loss_detected`):
+/// bare copies of the segment in `frame` at `seq`, acknowledging `ack`. smoltcp starts
+/// when its count of bare ACKs repeating ACK and window reaches exactly three, so a
+/// window one unit off comes first and resets the count, then the true window and
+/// three repeats of it.
+fn dup_acks(frame: &[u8], seq: TcpSeqNumber, ack: TcpSeqNumber, window: u16) -> Vec<Vec<u8>> {
+    [window ^ 1, window, window, window, window]
+        .into_iter()
+        .filter_map(|window| {
+            copy_segment(frame, true, |tcp| {
+                tcp.set_seq_number(seq);
+                tcp.set_ack_number(ack);
+                tcp.set_window_len(window);
+            })
+        })
+        .collect()
+}
+
+/// A copy of the TCP segment in `frame`, changed by `edit`, checksums filled; `bare`
+/// cuts it down to its headers (no payload, no FIN, PSH or URG). `None` if `frame` is
+/// not a well-formed IPv4 TCP segment.
+fn copy_segment(
+    frame: &[u8],
+    bare: bool,
+    edit: impl FnOnce(&mut TcpPacket<&mut [u8]>),
+) -> Option<Vec<u8>> {
     let eth = EthernetFrame::new_checked(frame).ok()?;
     let ip = Ipv4Packet::new_checked(eth.payload()).ok()?;
     let tcp = TcpPacket::new_checked(ip.payload()).ok()?;
     let ip_len = usize::from(ip.header_len());
-    let tcp_len = usize::from(tcp.header_len());
     let eth_len = frame.len() - eth.payload().len();
-    let mut bare = frame[..eth_len + ip_len + tcp_len].to_vec();
-    let mut ip = Ipv4Packet::new_unchecked(&mut bare[eth_len..]);
-    ip.set_total_len((ip_len + tcp_len) as u16);
+    let ip_total = if bare {
+        ip_len + usize::from(tcp.header_len())
+    } else {
+        usize::from(ip.total_len())
+    };
+    let mut copy = frame[..eth_len + ip_total].to_vec();
+    let mut ip = Ipv4Packet::new_unchecked(&mut copy[eth_len..]);
+    ip.set_total_len(ip_total as u16);
     ip.fill_checksum();
     let (src, dst) = (ip.src_addr(), ip.dst_addr());
-    let mut tcp = TcpPacket::new_unchecked(&mut bare[eth_len + ip_len..]);
-    tcp.set_seq_number(seq);
-    tcp.set_fin(false);
-    tcp.set_psh(false);
-    tcp.set_urg(false);
-    tcp.set_urgent_at(0);
+    let mut tcp = TcpPacket::new_unchecked(&mut copy[eth_len + ip_len..]);
+    if bare {
+        tcp.set_fin(false);
+        tcp.set_psh(false);
+        tcp.set_urg(false);
+        tcp.set_urgent_at(0);
+    }
+    edit(&mut tcp);
     tcp.fill_checksum(&src.into(), &dst.into());
-    Some(bare)
+    Some(copy)
 }
 
 /// An ARP packet's (operation, sender address, target address), if `frame` is one.
@@ -971,10 +1411,22 @@ impl<D: Device> Device for Watched<'_, D> {
         &mut self,
         timestamp: smoltcp::time::Instant,
     ) -> Option<(Self::RxToken<'_>, Self::TxToken<'_>)> {
-        // A salvaged ACK goes in right after the segment it came from.
-        if let Some(bare) = self.watch.borrow_mut().salvaged.pop() {
+        // A salvaged ACK goes in right after the segment it came from, and a released
+        // SYN before the device's next frame.
+        let ours = {
+            let mut watch = self.watch.borrow_mut();
+            match watch.salvaged.pop_front() {
+                Some(bare) => Some(RxToken::Salvaged(bare)),
+                None => watch.replay.pop_front().map(|replay| RxToken::Replay {
+                    replay,
+                    watch: self.watch,
+                    now: self.now,
+                }),
+            }
+        };
+        if let Some(rx) = ours {
             return Some((
-                RxToken::Salvaged(bare),
+                rx,
                 TxToken {
                     inner: self.device.transmit(timestamp)?,
                     watch: self.watch,
@@ -1010,8 +1462,8 @@ impl<D: Device> Device for Watched<'_, D> {
     }
 }
 
-/// An arriving frame, shown to the watch before smoltcp sees it; or an ACK the watch
-/// salvaged, which it has seen already.
+/// An arriving frame, shown to the watch before smoltcp sees it; an ACK the watch
+/// salvaged, which it has seen already; or a SYN it held, which meets the gates again.
 pub(crate) enum RxToken<'a, T> {
     Device {
         inner: T,
@@ -1019,6 +1471,11 @@ pub(crate) enum RxToken<'a, T> {
         now: Instant,
     },
     Salvaged(Vec<u8>),
+    Replay {
+        replay: Replay,
+        watch: &'a RefCell<Watch>,
+        now: Instant,
+    },
 }
 
 impl<T: phy::RxToken> phy::RxToken for RxToken<'_, T> {
@@ -1026,6 +1483,13 @@ impl<T: phy::RxToken> phy::RxToken for RxToken<'_, T> {
         let (inner, watch, now) = match self {
             RxToken::Device { inner, watch, now } => (inner, watch, now),
             RxToken::Salvaged(bare) => return f(&bare),
+            RxToken::Replay { replay, watch, now } => {
+                let verdict = watch.borrow_mut().replayed(&replay, now);
+                return match verdict {
+                    Verdict::Pass => f(replay.frame()),
+                    Verdict::Drop => f(&[]),
+                };
+            }
         };
         inner.consume(|frame| {
             let verdict = watch.borrow_mut().inbound(frame, now);
@@ -1074,6 +1538,7 @@ mod tests {
         len: usize,
         syn: bool,
         wscale: Option<u8>,
+        sack: [Option<(u32, u32)>; 3],
     }
 
     fn seg(seq: i32, ack: i32, window: u16, len: usize) -> Seg {
@@ -1084,6 +1549,15 @@ mod tests {
             len,
             syn: false,
             wscale: None,
+            sack: [None; 3],
+        }
+    }
+
+    /// A pure ACK of the peer's with one SACK block.
+    fn sack(seq: i32, ack: i32, window: u16, left: u32, right: u32) -> Seg {
+        Seg {
+            sack: [Some((left, right)), None, None],
+            ..seg(seq, ack, window, 0)
         }
     }
 
@@ -1103,7 +1577,7 @@ mod tests {
             window_scale: s.wscale,
             max_seg_size: None,
             sack_permitted: false,
-            sack_ranges: [None; 3],
+            sack_ranges: s.sack,
             timestamp: None,
             payload: &payload,
         };
@@ -1155,7 +1629,7 @@ mod tests {
         assert_eq!(watch.inbound(&frame(PEER, US, &s), now), Verdict::Pass);
         let mut salvaged = std::mem::take(&mut watch.salvaged);
         assert!(salvaged.len() <= 1);
-        salvaged.pop()
+        salvaged.pop_front()
     }
 
     #[test]
@@ -1192,8 +1666,178 @@ mod tests {
         assert!(salvage(&mut watch, now, seg(1009, 5060, 681, 0)).is_none());
         // An ACK of data never sent: smoltcp's to challenge.
         assert!(salvage(&mut watch, now, seg(1004, 5200, 681, 0)).is_none());
-        // A keepalive probe (RCV.NXT - 1): smoltcp answers it; not ours to pass on.
+        // A keepalive probe (RCV.NXT - 1) is behind the window: smoltcp answers it and
+        // drops it, so an ACK it carries that is news must be handed on.
+        assert!(salvage(&mut watch, now, seg(999, 5070, 681, 0)).is_some());
+        // Once taken, the same ACK is no news.
         assert!(salvage(&mut watch, now, seg(999, 5070, 681, 0)).is_none());
+    }
+
+    /// Everything the watch queued for smoltcp, parsed (checksums checked).
+    fn queued(watch: &mut Watch) -> Vec<Segment> {
+        std::mem::take(&mut watch.salvaged)
+            .iter()
+            .map(|frame| Segment::arriving(frame).expect("a well-formed segment"))
+            .collect()
+    }
+
+    #[test]
+    fn an_ack_behind_the_window_is_salvaged_within_a_window() {
+        let (mut watch, now) = watch(10);
+        // A pure ACK overtaken by the peer's data, or from a peer that went back after
+        // a retransmission timeout: 50 bytes behind RCV.NXT, our window is 80.
+        let bare = salvage(&mut watch, now, seg(950, 5050, 681, 0)).expect("salvaged");
+        let bare = Segment::arriving(&bare).unwrap();
+        assert_eq!(
+            (bare.seq, bare.ack),
+            (TcpSeqNumber(1000), Some(TcpSeqNumber(5050)))
+        );
+        // Further behind than any window we advertised: no peer's honest mistake.
+        assert!(salvage(&mut watch, now, seg(900, 5100, 681, 0)).is_none());
+    }
+
+    #[test]
+    fn data_under_an_old_ack_is_mended_not_lost() {
+        let (mut watch, now) = watch(10);
+        assert!(salvage(&mut watch, now, seg(1000, 5100, 700, 0)).is_none());
+        // Reordered: data sent before that ACK, carrying an older one. smoltcp would drop
+        // it whole; smoltcp gets a copy under the newest ACK and window instead.
+        let late = seg(1000, 5050, 690, 40);
+        assert_eq!(watch.inbound(&frame(PEER, US, &late), now), Verdict::Drop);
+        let copies = queued(&mut watch);
+        assert_eq!(copies.len(), 1);
+        let copy = &copies[0];
+        assert_eq!((copy.seq, copy.payload_len), (TcpSeqNumber(1000), 40));
+        assert_eq!((copy.ack, copy.window), (Some(TcpSeqNumber(5100)), 700));
+        // An ACK further back than any window the peer advertised is no honest peer's:
+        // left to smoltcp, which drops it (RFC 5961 §5.2).
+        let blind = seg(1000, 5100 - 200_000, 700, 40);
+        assert_eq!(watch.inbound(&frame(PEER, US, &blind), now), Verdict::Pass);
+        assert!(queued(&mut watch).is_empty());
+        // Data under the current ACK passes as it is.
+        let fresh = seg(1040, 5100, 700, 40);
+        assert_eq!(watch.inbound(&frame(PEER, US, &fresh), now), Verdict::Pass);
+        assert!(queued(&mut watch).is_empty());
+    }
+
+    #[test]
+    fn a_damaged_segment_moves_nothing() {
+        let (mut watch, now) = watch(0);
+        // The probe of the first test, with a bit flipped in its ACK number: its checksum
+        // fails, smoltcp drops it, and the watch must not take that ACK as news.
+        let mut damaged = frame(PEER, US, &seg(1000, 5100, 681, 4));
+        damaged[14 + 20 + 9] ^= 0x01;
+        assert_eq!(watch.inbound(&damaged, now), Verdict::Pass);
+        assert!(queued(&mut watch).is_empty());
+        let wire = watch.get(&(US, PEER)).unwrap();
+        assert_eq!((wire.segs_in, wire.acks_salvaged), (1, 0));
+        // The true ACK still counts as news.
+        assert!(salvage(&mut watch, now, seg(1000, 5100, 681, 4)).is_some());
+    }
+
+    /// A watch whose end has sent 100 more bytes in each of four segments (5100 to
+    /// 5500, window 80), the first 100 acknowledged: five segments from 5100 in flight.
+    fn in_flight() -> (Watch, Instant) {
+        let (mut watch, now) = watch(10);
+        for seq in [5100, 5200, 5300, 5400] {
+            watch.outbound(&frame(US, PEER, &seg(seq, 1000, 10, 100)), now);
+        }
+        assert!(salvage(&mut watch, now, seg(1000, 5100, 700, 0)).is_none());
+        (watch, now)
+    }
+
+    /// The peer's segment at `seq` carrying 10 bytes of its own data, acknowledging
+    /// 5100 with one SACK block: what it queued for smoltcp. smoltcp never counts a
+    /// segment with data as a duplicate ACK.
+    fn data_with_sack(watch: &mut Watch, seq: i32, right: u32, at: Instant) -> Vec<Segment> {
+        let s = Seg {
+            len: 10,
+            ..sack(seq, 5100, 700, 5200, right)
+        };
+        assert_eq!(watch.inbound(&frame(PEER, US, &s), at), Verdict::Pass);
+        queued(watch)
+    }
+
+    #[test]
+    fn sack_of_three_later_segments_sets_off_a_fast_retransmit() {
+        let (mut watch, now) = in_flight();
+        // 5100..5200 missing. One, then two later segments held: could be reordering.
+        assert!(data_with_sack(&mut watch, 1000, 5300, now).is_empty());
+        assert!(data_with_sack(&mut watch, 1010, 5400, now).is_empty());
+        // Three: lost (RFC 6675). smoltcp counts only bare duplicate ACKs repeating ACK
+        // and window, and starts at exactly the third: one off-window ACK resets its
+        // count, then three repeats, each just past the data smoltcp took.
+        let dups = data_with_sack(&mut watch, 1020, 5500, now);
+        let windows: Vec<u16> = dups.iter().map(|d| d.window).collect();
+        assert_eq!(windows, [701, 700, 700, 700, 700]);
+        for dup in &dups {
+            assert_eq!(dup.ack, Some(TcpSeqNumber(5100)));
+            assert_eq!((dup.seq, dup.payload_len), (TcpSeqNumber(1030), 0));
+        }
+        // Counted once smoltcp sends it.
+        let fast = |watch: &Watch| watch.get(&(US, PEER)).unwrap().fast_retransmits;
+        assert_eq!(fast(&watch), 0);
+        let again = frame(US, PEER, &seg(5100, 1030, 10, 100));
+        watch.outbound(&again, now);
+        assert_eq!(fast(&watch), 1);
+        // Once per loss...
+        assert!(data_with_sack(&mut watch, 1030, 5500, now).is_empty());
+        // ...unless its retransmission is lost too: no ACK after an RTT and a quarter.
+        let later = now + Duration::from_secs(2);
+        assert_eq!(data_with_sack(&mut watch, 1040, 5500, later).len(), 5);
+        watch.outbound(&again, later);
+        assert_eq!(fast(&watch), 2);
+        // The hole filled: nothing more.
+        let s = seg(1050, 5500, 700, 0);
+        assert_eq!(watch.inbound(&frame(PEER, US, &s), later), Verdict::Pass);
+        assert!(queued(&mut watch).is_empty());
+    }
+
+    #[test]
+    fn three_bare_duplicate_acks_are_smoltcps_own_to_act_on() {
+        let (mut watch, now) = in_flight();
+        for right in [5300, 5400, 5500] {
+            let s = sack(1000, 5100, 700, 5200, right);
+            assert_eq!(watch.inbound(&frame(PEER, US, &s), now), Verdict::Pass);
+            assert!(queued(&mut watch).is_empty());
+        }
+        // smoltcp's third duplicate ACK starts it: nothing added, and counted when sent.
+        let fast = |watch: &Watch| watch.get(&(US, PEER)).unwrap().fast_retransmits;
+        assert_eq!(fast(&watch), 0);
+        watch.outbound(&frame(US, PEER, &seg(5100, 1000, 10, 100)), now);
+        assert_eq!(fast(&watch), 1);
+    }
+
+    #[test]
+    fn sack_remembers_blocks_the_peer_does_not_repeat() {
+        let (mut watch, now) = in_flight();
+        // smoltcp reports its newest block only; the scoreboard joins them.
+        let blocks = [(5200, 5300, false), (5400, 5500, false), (5300, 5400, true)];
+        for (seq, (left, right, lost)) in (1000..).step_by(10).zip(blocks) {
+            let s = Seg {
+                len: 10,
+                ..sack(seq, 5100, 700, left, right)
+            };
+            assert_eq!(watch.inbound(&frame(PEER, US, &s), now), Verdict::Pass);
+            assert_eq!(!queued(&mut watch).is_empty(), lost, "{left}..{right}");
+        }
+    }
+
+    #[test]
+    fn early_retransmit_when_all_of_a_small_flight_but_the_first_arrived() {
+        let (mut watch, now) = watch(10);
+        for seq in [5100, 5200, 5300] {
+            watch.outbound(&frame(US, PEER, &seg(seq, 1000, 10, 100)), now);
+        }
+        assert!(salvage(&mut watch, now, seg(1000, 5100, 700, 0)).is_none());
+        // Three in flight from 5100; one later held: perhaps reordering.
+        let s = sack(1000, 5100, 700, 5200, 5300);
+        assert_eq!(watch.inbound(&frame(PEER, US, &s), now), Verdict::Pass);
+        assert!(queued(&mut watch).is_empty());
+        // Both later ones held: no third can come to make three (RFC 5827).
+        let s = sack(1000, 5100, 700, 5300, 5400);
+        assert_eq!(watch.inbound(&frame(PEER, US, &s), now), Verdict::Pass);
+        assert_eq!(queued(&mut watch).len(), 5);
     }
 
     #[test]

@@ -48,7 +48,7 @@ fn main() {
         an_in_window_syn_gets_a_challenge_ack => syn_challenge,
         data_beyond_the_window_is_acked_not_taken => beyond_window,
         overlapping_and_duplicate_segments_with_other_bytes => overlaps,
-        ip_fragments_of_tcp_are_dropped => fragments,
+        ip_fragments_of_tcp_are_reassembled_and_checked => fragments,
         arp_replies_nobody_asked_for_are_not_adopted => unsolicited_arp,
         time_wait_frees_the_socket_and_acks_a_retransmitted_fin => time_wait,
     })
@@ -933,51 +933,81 @@ fn overlaps(lab: &mut Lab) -> TestResult {
     lab.raw_alive(b"overlap-ok")
 }
 
-/// IPv4 fragments are dropped, never reassembled, and never taken for whole datagrams:
-/// smoltcp is built without `proto-ipv4-fragmentation`, and its IPv4 parser then rejects
-/// every fragment. Deviation: RFC 1122 §3.3.2 says a host MUST reassemble. TCP peers
-/// size segments by MSS and set DF, so it costs nothing in practice. Checked: an honest
-/// split, a first fragment whose TCP checksum covers only itself, and a later fragment
-/// holding a whole, valid segment; none is answered or read.
+/// IPv4 fragments are reassembled (RFC 1122 §3.3.2), and the whole segment meets the
+/// same checks as any other. An honest split in three, sent out of order, is taken and
+/// read once. Forged pieces are not: a first fragment whose TCP checksum covers only
+/// itself and a later one holding a whole, valid segment each wait for the rest of a
+/// datagram that never comes (nothing answered, nothing read); fragments that overlap
+/// to rewrite bytes discard their datagram (RFC 1858 §4), so even its honest rest is
+/// not taken.
 fn fragments(lab: &mut Lab) -> TestResult {
     let c = lab.raw;
     let whole = lab
         .seg(&c, ACK | PSH, b"HELLOWORLDHELLOWORLD")
         .frame(lab.stack_mac);
-    // An honest split: 8 + 20 bytes of TCP... in two fragments.
-    let tcp = &whole[34..];
-    let mut first = whole[..34].to_vec();
-    first.extend_from_slice(&tcp[..24]);
-    edit_ip(&mut first, |ip| {
-        ip.set_dont_frag(false);
-        ip.set_more_frags(true);
-        ip.set_total_len(20 + 24);
-    });
-    let mut second = whole[..34].to_vec();
-    second.extend_from_slice(&tcp[24..]);
-    edit_ip(&mut second, |ip| {
-        ip.set_dont_frag(false);
-        ip.set_frag_offset(24);
-        ip.set_total_len((20 + tcp.len() - 24) as u16);
-    });
+    // 20 bytes of TCP header and 20 of data: 16 + 16 + 8, the last first.
+    let (first, middle, last) = (
+        fragment(&whole, 0..16, true, 0x4401),
+        fragment(&whole, 16..32, true, 0x4401),
+        fragment(&whole, 32..40, false, 0x4401),
+    );
+    lab.send_frame(&last)?;
     lab.send_frame(&first)?;
-    lab.send_frame(&second)?;
-    // A first fragment whose own checksum is right for its 4 bytes of data.
+    lab.send_frame(&middle)?;
+    lab.raw.snd = c.snd + 20;
+    lab.expect_ack_of(c.port, lab.raw.snd)?
+        .ok_or("no ACK of the reassembled segment")?;
+    let mut got = [0; 20];
+    lab.app()?.read_exact(&mut got)?;
+    check!(
+        &got == b"HELLOWORLDHELLOWORLD",
+        "read {:?}",
+        String::from_utf8_lossy(&got)
+    );
+
+    // Forged pieces: none completes a datagram.
+    let c = lab.raw;
     let mut forged = lab.seg(&c, ACK | PSH, b"HELL").frame(lab.stack_mac);
     edit_ip(&mut forged, |ip| {
+        ip.set_ident(0x4402);
         ip.set_dont_frag(false);
         ip.set_more_frags(true);
     });
     lab.send_frame(&forged)?;
-    // A later fragment that holds a whole, valid segment.
     let mut later = lab.seg(&c, ACK | PSH, b"EVIL").frame(lab.stack_mac);
     edit_ip(&mut later, |ip| {
+        ip.set_ident(0x4403);
         ip.set_dont_frag(false);
         ip.set_frag_offset(64);
     });
     lab.send_frame(&later)?;
-    lab.quiet(c.port, "IP fragments")?;
+    // Overlap: bytes 24..32 come twice, the second time as "EVILEVIL".
+    let honest = lab
+        .seg(&c, ACK | PSH, b"GOODGOODGOODGOOD")
+        .frame(lab.stack_mac);
+    let mut evil = fragment(&honest, 24..36, false, 0x4404);
+    evil[34..42].copy_from_slice(b"EVILEVIL");
+    edit_ip(&mut evil, |_| {});
+    lab.send_frame(&fragment(&honest, 0..32, true, 0x4404))?;
+    lab.send_frame(&evil)?;
+    lab.send_frame(&fragment(&honest, 32..36, false, 0x4404))?;
+    lab.quiet(c.port, "forged and overlapping IP fragments")?;
     lab.raw_alive(b"unfragmented")
+}
+
+/// The fragment of the IPv4 datagram in `whole` holding its payload bytes `range`,
+/// with identification `ident`.
+fn fragment(whole: &[u8], range: std::ops::Range<usize>, more: bool, ident: u16) -> Vec<u8> {
+    let mut out = whole[..34].to_vec();
+    out.extend_from_slice(&whole[34 + range.start..34 + range.end]);
+    edit_ip(&mut out, |ip| {
+        ip.set_ident(ident);
+        ip.set_dont_frag(false);
+        ip.set_more_frags(more);
+        ip.set_frag_offset(range.start as u16);
+        ip.set_total_len((20 + range.len()) as u16);
+    });
+    out
 }
 
 /// ARP replies for addresses the stack never asked about are not adopted: not for the

@@ -8,7 +8,10 @@ use std::net::{Shutdown, SocketAddr, SocketAddrV4};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use netdev::{Capture, Direction, FrameLog, Tap, TapOptions, WireOptions, wire};
+use netdev::{
+    Capture, Direction, FrameLog, Impair, ImpairConfig, ImpairControl, Impairment, Tap, TapOptions,
+    WireOptions, wire,
+};
 use smoltcp::wire::{
     EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpOption, TcpPacket,
 };
@@ -53,6 +56,14 @@ fn main() {
             wire_timed_out_writes,
         ),
         plain("wire::accept_deadlines", wire_accept_deadlines),
+        plain(
+            "wire::a_loss_in_a_small_flight_is_sent_again_at_once",
+            wire_early_retransmit,
+        ),
+        plain(
+            "wire::after_the_peers_fin_the_fin_waits_for_the_data",
+            wire_fin_after_data,
+        ),
         root("tap::kernel_echo_through_tapnet_listener", tap_echo),
         root("tap::linger_zero_sends_rst_default_sends_fin", tap_linger),
         root(
@@ -102,6 +113,28 @@ fn wire_pair(
     let alice = Stack::new(Capture::new(a, sink), alice)?;
     let bob = Stack::new(b, bob)?;
     Ok((alice, bob, frames))
+}
+
+/// Two stacks on the wire, alice recorded, her frames delayed 10 ms on their way out
+/// (so that flights form) through an impairment whose control drops chosen frames.
+fn impaired_pair() -> Result<(Stack, Stack, Frames, ImpairControl), tapnet_tests::Failed> {
+    let (a, b) = wire(&WireOptions::default())?;
+    let impaired = Impair::new(
+        a,
+        ImpairConfig {
+            egress: Impairment {
+                delay: Duration::from_millis(10),
+                ..Impairment::default()
+            },
+            ingress: Impairment::default(),
+            seed: 1,
+        },
+    )?;
+    let control = impaired.control();
+    let (frames, sink) = recorder();
+    let alice = Stack::new(Capture::new(impaired, sink), config("10.0.0.1/24"))?;
+    let bob = Stack::new(b, config("10.0.0.2/24"))?;
+    Ok((alice, bob, frames, control))
 }
 
 /// tapnet on tap0 (10.0.0.2), recorded; the kernel side is 10.0.0.1. Call inside
@@ -1098,4 +1131,99 @@ fn tap_backlog() -> TestResult {
         check!(listener.dropped_syns()? > 0, "the backlog never filled");
         Ok(())
     })
+}
+
+/// A flight of two or three segments whose first is lost can never bring the three
+/// duplicate ACKs smoltcp counts: its SACK blocks show the loss, and the watch has
+/// smoltcp send it again at once (RFC 5827), not after a retransmission timeout.
+fn wire_early_retransmit() -> TestResult {
+    let (alice, bob, frames, control) = impaired_pair()?;
+    let listener = bob.listen("0.0.0.0:9".parse()?)?;
+    let client = alice.dial("10.0.0.2:9".parse()?)?;
+    let (server, _) = listener.accept()?;
+    server.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // The first flight after the handshake: a few segments; the first one is lost.
+    let data = pattern(3000, 7);
+    control.drop_next_egress(1);
+    let start = Instant::now();
+    (&client).write_all(&data)?;
+    check!(
+        read_n(&server, data.len())? == data,
+        "the bytes arrived intact"
+    );
+    let took = start.elapsed();
+    let info = client.info()?;
+    check!(
+        info.retransmits == 1 && info.fast_retransmits == 1,
+        "one retransmission, a fast one: {} retransmits, {} fast, after {took:?}",
+        info.retransmits,
+        info.fast_retransmits
+    );
+    // smoltcp's retransmission timer starts at a second: the repair came long before.
+    check!(took < Duration::from_millis(900), "repaired after {took:?}");
+    let sent_again = segments(&frames)
+        .iter()
+        .filter(|s| tx(s) && s.len > 0)
+        .count();
+    check!(sent_again >= 3, "{sent_again} data segments sent");
+    Ok(())
+}
+
+/// The peer closed; the application writes, then closes its side while the data is
+/// still in flight. The FIN waits until the data is acknowledged (smoltcp's LAST-ACK
+/// would otherwise take no duplicate ACKs, and a loss could only be repaired by the
+/// retransmission timer): the state stays CLOSE-WAIT meanwhile, a lost segment is sent
+/// again at once, and the peer reads every byte, then EOF.
+fn wire_fin_after_data() -> TestResult {
+    let (alice, bob, frames, control) = impaired_pair()?;
+    let listener = bob.listen("0.0.0.0:9".parse()?)?;
+    let client = alice.dial("10.0.0.2:9".parse()?)?;
+    let (server, _) = listener.accept()?;
+    server.set_read_timeout(Some(Duration::from_secs(10)))?;
+    client.set_read_timeout(Some(Duration::from_secs(10)))?;
+    server.shutdown(Shutdown::Write)?;
+    check!((&client).read(&mut [0; 16])? == 0, "EOF from the peer");
+    eventually(Duration::from_secs(2), "CLOSE-WAIT", || {
+        client.state() == State::CloseWait
+    })?;
+    let data = pattern(200_000, 3);
+    (&client).write_all(&data)?;
+    client.shutdown(Shutdown::Write)?;
+    let info = client.info()?;
+    check!(
+        info.state == State::CloseWait && info.send_queue > 0,
+        "with {} bytes unacknowledged the FIN waits: {}",
+        info.send_queue,
+        info.state
+    );
+    // A segment of a later flight is lost.
+    std::thread::sleep(Duration::from_millis(30));
+    control.drop_next_egress(1);
+    let mut got = Vec::new();
+    (&server).read_to_end(&mut got)?;
+    check!(
+        got == data,
+        "{} of {} bytes arrived intact",
+        got.len(),
+        data.len()
+    );
+    let info = client.info()?;
+    check!(
+        info.fast_retransmits >= 1,
+        "the loss was repaired by fast retransmit: {} retransmits, {} fast",
+        info.retransmits,
+        info.fast_retransmits
+    );
+    eventually(Duration::from_secs(3), "the connection closed", || {
+        matches!(client.state(), State::Closed | State::TimeWait)
+    })?;
+    // On the wire: no FIN of alice's before her last data.
+    let segs = segments(&frames);
+    let fin = segs.iter().position(|s| tx(s) && s.fin);
+    let last_data = segs.iter().rposition(|s| tx(s) && s.len > 0);
+    check!(
+        matches!((fin, last_data), (Some(f), Some(d)) if f > d),
+        "the FIN (segment {fin:?}) follows the last data (segment {last_data:?})"
+    );
+    Ok(())
 }
