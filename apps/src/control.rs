@@ -117,6 +117,8 @@ pub struct Info {
     pub write_buffer: usize,
     /// Segments sent again.
     pub retransmits: u64,
+    /// Of those, the ones a loss signal started before any timer (fast retransmit).
+    pub fast_retransmits: u64,
     /// Keepalive probes sent.
     pub keepalive_probes: u64,
     /// Zero-window probes sent.
@@ -186,6 +188,7 @@ impl Entry {
                     read_buffer: info.read_buffer,
                     write_buffer: info.write_buffer,
                     retransmits: info.retransmits,
+                    fast_retransmits: info.fast_retransmits,
                     keepalive_probes: info.keepalive_probes,
                     zero_window_probes: info.zero_window_probes,
                     segments_in: info.segments_in,

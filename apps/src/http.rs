@@ -646,6 +646,7 @@ impl View {
                     ("rtt", ms(i.rtt)),
                     ("rto", ms(i.rto)),
                     ("retransmits", i.retransmits.to_string()),
+                    ("fast_retransmits", i.fast_retransmits.to_string()),
                     ("segments_in", i.segments_in.to_string()),
                     ("segments_out", i.segments_out.to_string()),
                 ]

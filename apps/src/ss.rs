@@ -264,7 +264,10 @@ fn describe(entry: &Entry, info: &Info, warning: Duration) -> String {
         "rcv_buf:{} snd_buf:{}",
         info.read_buffer, info.write_buffer
     ));
-    parts.push(format!("retrans:{}", info.retransmits));
+    parts.push(format!(
+        "retrans:{} fast:{}",
+        info.retransmits, info.fast_retransmits
+    ));
     parts.push(format!("zwp:{}", info.zero_window_probes));
     parts.push(match &info.keepalive {
         Some(ka) => format!(
@@ -341,6 +344,7 @@ mod tests {
             read_buffer: 65536,
             write_buffer: 65536,
             retransmits: 2,
+            fast_retransmits: 1,
             keepalive_probes: 0,
             zero_window_probes: 1,
             segments_in: 10,
@@ -389,7 +393,7 @@ mod tests {
             "ESTAB            0  12345 10.0.0.2:7         10.0.0.1:50000"
         );
         assert!(lines[4].starts_with("\t rtt:0.412ms rto:200ms snd_wnd:64240 rcv_wnd:65535"));
-        assert!(lines[4].contains("retrans:2 zwp:1 keepalive:off linger:0ms"));
+        assert!(lines[4].contains("retrans:2 fast:1 zwp:1 keepalive:off linger:0ms"));
         assert!(lines[4].contains("in_state:45s"));
         assert!(!lines[4].contains("close-wait"));
         assert!(lines[5].starts_with("CLOSE-WAIT!      0  12345 10.0.0.2:7"));

@@ -429,7 +429,7 @@ fn echo_table() -> TestResult {
             for key in [
                 "snd_wnd:",
                 "rcv_wnd:",
-                "retrans:0",
+                "retrans:0 fast:0",
                 "keepalive:",
                 "linger:",
                 "in_state:",

@@ -153,7 +153,7 @@ impl Reassembly {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use smoltcp::phy::ChecksumCapabilities;
     use smoltcp::wire::{EthernetAddress, EthernetRepr, Ipv4Repr};
@@ -161,13 +161,20 @@ mod tests {
     const SRC: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
     const DST: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
 
-    /// A whole datagram of `payload` as a frame.
-    fn datagram(protocol: IpProtocol, payload: &[u8]) -> Vec<u8> {
+    /// An Ethernet frame holding one IPv4 datagram from `src` to `dst` with `payload`
+    /// (identification 0x1234); `payload` is written by `fill` into a buffer of `len`
+    /// bytes, given the addresses (a TCP checksum needs them).
+    pub(crate) fn ipv4_frame(
+        (src, dst): (Ipv4Addr, Ipv4Addr),
+        protocol: IpProtocol,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]),
+    ) -> Vec<u8> {
         let ip = Ipv4Repr {
-            src_addr: SRC,
-            dst_addr: DST,
+            src_addr: src,
+            dst_addr: dst,
             next_header: protocol,
-            payload_len: payload.len(),
+            payload_len: len,
             hop_limit: 64,
         };
         let eth = EthernetRepr {
@@ -175,15 +182,22 @@ mod tests {
             dst_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
             ethertype: EthernetProtocol::Ipv4,
         };
-        let mut buf = vec![0; eth.buffer_len() + ip.buffer_len() + payload.len()];
+        let mut buf = vec![0; eth.buffer_len() + ip.buffer_len() + len];
         let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
         eth.emit(&mut frame);
         let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
         ip.emit(&mut packet, &ChecksumCapabilities::default());
         packet.set_ident(0x1234);
-        packet.payload_mut().copy_from_slice(payload);
+        fill(packet.payload_mut());
         packet.fill_checksum();
         buf
+    }
+
+    /// A whole datagram of `payload` as a frame.
+    fn datagram(protocol: IpProtocol, payload: &[u8]) -> Vec<u8> {
+        ipv4_frame((SRC, DST), protocol, payload.len(), |p| {
+            p.copy_from_slice(payload)
+        })
     }
 
     /// The fragment of `whole` holding its payload bytes `range`.

@@ -1524,8 +1524,8 @@ impl<T: phy::TxToken> phy::TxToken for TxToken<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use smoltcp::phy::ChecksumCapabilities;
-    use smoltcp::wire::{EthernetAddress, EthernetRepr, IpAddress, Ipv4Repr, TcpControl, TcpRepr};
+    use crate::reassembly::tests::ipv4_frame;
+    use smoltcp::wire::IpAddress;
 
     const US: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 2), 7);
     const PEER: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 1), 40000);
@@ -1581,31 +1581,15 @@ mod tests {
             timestamp: None,
             payload: &payload,
         };
-        let ip = Ipv4Repr {
-            src_addr: *src.ip(),
-            dst_addr: *dst.ip(),
-            next_header: IpProtocol::Tcp,
-            payload_len: tcp.buffer_len(),
-            hop_limit: 64,
-        };
-        let eth = EthernetRepr {
-            src_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
-            dst_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
-            ethertype: EthernetProtocol::Ipv4,
-        };
-        let mut buf = vec![0; eth.buffer_len() + ip.buffer_len() + tcp.buffer_len()];
-        let caps = ChecksumCapabilities::default();
-        let mut frame = EthernetFrame::new_unchecked(&mut buf[..]);
-        eth.emit(&mut frame);
-        let mut packet = Ipv4Packet::new_unchecked(frame.payload_mut());
-        ip.emit(&mut packet, &caps);
-        tcp.emit(
-            &mut TcpPacket::new_unchecked(packet.payload_mut()),
-            &IpAddress::from(*src.ip()),
-            &IpAddress::from(*dst.ip()),
-            &caps,
-        );
-        buf
+        let ends = (*src.ip(), *dst.ip());
+        ipv4_frame(ends, IpProtocol::Tcp, tcp.buffer_len(), |payload| {
+            tcp.emit(
+                &mut TcpPacket::new_unchecked(payload),
+                &IpAddress::from(ends.0),
+                &IpAddress::from(ends.1),
+                &ChecksumCapabilities::default(),
+            )
+        })
     }
 
     /// A watch tracking one connection whose SYNs agreed on shifts 3 (ours) and 7, and
