@@ -35,6 +35,7 @@ fn main() {
             zero_window_tap,
         ),
         root("nagle_on_a_tap_says_it_needs_both_stacks", nagle_tap),
+        root("handshake_on_a_tap_takes_a_kernel_client", handshake_tap),
     ])
 }
 
@@ -410,6 +411,42 @@ fn nagle_tap() -> TestResult {
         check!(
             err.contains("without --tap"),
             "the error does not say to run it without --tap: {err}"
+        );
+        Ok(())
+    })
+}
+
+/// `demo handshake --tap`: the server waits for a kernel client; the trace shows the
+/// kernel's SYN, the server's SYN-ACK and the kernel's ACK, and the demo exits 0.
+fn handshake_tap() -> TestResult {
+    in_netns(|| {
+        let app = App::on_tap(&["demo", "handshake"])?;
+        let addr = SocketAddr::from((STACK_ADDR, 7));
+        let end = Instant::now() + Duration::from_secs(10);
+        let conn = loop {
+            match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+                Ok(conn) => break conn,
+                Err(e) if Instant::now() >= end => {
+                    return Err(format!("connecting to {addr}: {e}").into());
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        };
+        let (status, out, err) = app.wait(Duration::from_secs(30))?;
+        drop(conn);
+        check!(
+            status.status.success(),
+            "exit {:?}: {err}\n{out}",
+            status.status
+        );
+        check!(out.contains("completed the handshake"), "{out}");
+        let segs = segments(&out);
+        let kernel = |s: &&Seg| s.src.starts_with("10.0.0.1:");
+        check!(
+            segs.iter().any(|s| kernel(&s) && !s.out && s.flags == "S")
+                && segs.iter().any(|s| s.out && s.flags == "S.")
+                && segs.iter().any(|s| kernel(&s) && !s.out && s.flags == "."),
+            "no SYN, SYN-ACK, ACK in the trace:\n{out}"
         );
         Ok(())
     })

@@ -29,6 +29,10 @@ fn main() {
         ),
         root("echo_once_exits_0_after_one_client", echo_once),
         root(
+            "echo_with_max_sockets_serves_that_many_then_drops_syns",
+            echo_max_sockets,
+        ),
+        root(
             "echo_with_trace_prints_each_segment_and_state_change",
             echo_trace,
         ),
@@ -431,4 +435,59 @@ fn monitor_failing_log() -> TestResult {
         );
         Ok(())
     })
+}
+
+/// `tapnet echo --max-sockets 4`: the listener's sockets count, so four clients are
+/// served at once (the two armed LISTEN sockets become connections as the limit nears);
+/// a fifth client's SYNs are dropped and its connect times out, the four still echo,
+/// and once one closes a new client is served.
+fn echo_max_sockets() -> TestResult {
+    in_netns(|| {
+        let app = App::on_tap(&["echo", "--max-sockets", "4"])?;
+        app.wait_listening(echo_addr())?;
+        let echo_one = |c: &mut TcpStream, tag: &[u8]| -> std::io::Result<bool> {
+            c.set_read_timeout(Some(Duration::from_secs(5)))?;
+            c.write_all(tag)?;
+            let mut got = vec![0; tag.len()];
+            c.read_exact(&mut got)?;
+            Ok(got == tag)
+        };
+        let mut clients = Vec::new();
+        for i in 0..4u8 {
+            let mut c = TcpStream::connect_timeout(&echo_addr(), Duration::from_secs(5))?;
+            check!(echo_one(&mut c, &[b'a' + i])?, "client {i} got no echo");
+            clients.push(c);
+        }
+        let fifth = TcpStream::connect_timeout(&echo_addr(), Duration::from_millis(1500));
+        check!(
+            fifth.is_err(),
+            "a fifth client connected past --max-sockets 4"
+        );
+        for (i, c) in clients.iter_mut().enumerate() {
+            check!(
+                echo_one(c, b"still")?,
+                "client {i} stopped echoing at the limit"
+            );
+        }
+        drop(clients.pop());
+        let mut c = eventually_connect(echo_addr(), Duration::from_secs(5))?;
+        check!(echo_one(&mut c, b"after")?, "the new client got no echo");
+        let (out, _, stderr) = app.stop()?;
+        check!(out.status.success(), "exit {:?}: {stderr}", out.status);
+        Ok(())
+    })
+}
+
+/// Connects to `addr`, retrying until `within` has passed.
+fn eventually_connect(addr: SocketAddr, within: Duration) -> Result<TcpStream, Failed> {
+    let end = Instant::now() + within;
+    loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_millis(300)) {
+            Ok(c) => return Ok(c),
+            Err(e) if Instant::now() >= end => {
+                return Err(format!("connecting to {addr}: {e}").into());
+            }
+            Err(_) => thread::sleep(Duration::from_millis(50)),
+        }
+    }
 }

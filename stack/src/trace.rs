@@ -402,8 +402,9 @@ mod tests {
         String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
     }
 
-    #[test]
-    fn a_connection_is_traced_segment_by_segment_with_its_state_changes() {
+    /// A client (10.0.0.1) and a server (10.0.0.2) on the wire, both traced into one
+    /// stream under their labels.
+    fn traced_pair() -> (Shared, Stack, Stack) {
         let out = Shared::default();
         let trace = Trace::to_writer(out.clone(), false);
         let (a, b) = wire(&WireOptions::default()).unwrap();
@@ -414,6 +415,12 @@ mod tests {
         };
         let client = Stack::new(a, config("10.0.0.1/24", "client")).unwrap();
         let server = Stack::new(b, config("10.0.0.2/24", "server")).unwrap();
+        (out, client, server)
+    }
+
+    #[test]
+    fn a_connection_is_traced_segment_by_segment_with_its_state_changes() {
+        let (out, client, server) = traced_pair();
         let addr = SocketAddr::from(([10, 0, 0, 2], 7));
         let listener = server.listen(addr).unwrap();
         let mut conn = client.dial_timeout(addr, Duration::from_secs(5)).unwrap();
@@ -464,6 +471,28 @@ mod tests {
             .position(|l| l.contains("server") && l.contains(" <  ") && l.contains("[F"));
         let close_wait = text.lines().position(|l| l.contains("→ CLOSE-WAIT"));
         assert!(fin_in < close_wait, "FIN after CLOSE-WAIT:\n{text}");
+    }
+
+    #[test]
+    fn a_syn_beyond_a_full_backlog_is_traced_as_dropped() {
+        let (out, client, server) = traced_pair();
+        let addr = SocketAddr::from(([10, 0, 0, 2], 7));
+        let listener = server.listen_backlog(addr, 1).unwrap();
+        // One completed connection nobody accepts fills the backlog...
+        let _first = client.dial_timeout(addr, Duration::from_secs(5)).unwrap();
+        // ...so the next SYN is dropped unanswered, and says why.
+        let err = client
+            .dial_timeout(addr, Duration::from_millis(300))
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut, "{err}");
+        assert!(listener.dropped_syns().unwrap() >= 1);
+        let text = lines(&out);
+        assert!(
+            text.lines().any(|l| l.contains("server")
+                && l.contains("[S]")
+                && l.contains("(dropped: backlog full)")),
+            "{text}"
+        );
     }
 
     #[test]
