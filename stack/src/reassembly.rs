@@ -135,7 +135,10 @@ impl Reassembly {
         let datagram = self.datagrams.remove(at);
         let mut out = datagram.headers?;
         let eth_len = frame.len() - eth.payload().len();
-        let ip_len = out.len() - eth_len;
+        let ip_len = out.len().checked_sub(eth_len)?;
+        if ip_len + whole > MAX_LEN {
+            return None; // The first fragment's header is longer than the last one's.
+        }
         out.extend_from_slice(&datagram.data[..whole]);
         let mut ip = Ipv4Packet::new_unchecked(&mut out[eth_len..]);
         ip.set_total_len((ip_len + whole) as u16);

@@ -261,7 +261,7 @@ impl Wire {
         // oldest unacknowledged byte after a retransmission timeout (smoltcp does).
         // Were both ends to do that at once, each would drop every ACK of the other's,
         // and the connection would stall until it timed out.
-        let behind = start < win_start && win_start - start <= self.our_window_max as usize;
+        let behind = lag(start, win_start).is_some_and(|n| n <= self.our_window_max);
         near || behind
     }
 
@@ -294,7 +294,7 @@ impl Wire {
         if ack >= una || !carries || seg.syn || seg.rst || !self.synced {
             return None;
         }
-        if una - ack > self.peer_window_max as usize {
+        if lag(ack, una).is_none_or(|n| n > self.peer_window_max) {
             return None;
         }
         copy_segment(frame, false, |tcp| {
@@ -1148,6 +1148,14 @@ impl Watch {
     }
 }
 
+/// How far `a` lies before `b` in sequence space, if it does (RFC 9293 §3.4's modular
+/// comparison). smoltcp's `b - a` panics when they are 2^31 apart, which a hostile
+/// segment can arrange.
+fn lag(a: TcpSeqNumber, b: TcpSeqNumber) -> Option<u32> {
+    let n = b.0.wrapping_sub(a.0);
+    (n > 0).then_some(n as u32)
+}
+
 /// Whether a segment to `dst` is for the listener at `addr`:`port`.
 fn for_listener(dst: SocketAddrV4, addr: Ipv4Addr, port: u16) -> bool {
     dst.port() == port && (addr.is_unspecified() || addr == *dst.ip())
@@ -1678,6 +1686,12 @@ mod tests {
         );
         // Further behind than any window we advertised: no peer's honest mistake.
         assert!(salvage(&mut watch, now, seg(900, 5100, 681, 0)).is_none());
+        // Exactly half the sequence space away: neither behind nor ahead (smoltcp's own
+        // subtraction would panic here; the fuzzer found it).
+        let opposite = 1000i32.wrapping_add(i32::MIN);
+        assert!(salvage(&mut watch, now, seg(opposite, 5100, 681, 0)).is_none());
+        let late = seg(1000, 5050i32.wrapping_add(i32::MIN), 681, 4);
+        assert_eq!(watch.inbound(&frame(PEER, US, &late), now), Verdict::Pass);
     }
 
     #[test]
