@@ -308,8 +308,8 @@ impl Wire {
     /// timeout of a second or more. smoltcp counts only bare duplicate ACKs (RFC 5681
     /// §3.2), so a flight of two or three segments, or a peer that sends data of its
     /// own, never makes three. The peer's SACK blocks (RFC 2018) say more: SND.UNA's
-    /// segment is lost once three segments' worth above it arrived (RFC 6675 §4's
-    /// DupThresh), or all of a smaller flight but that segment did (RFC 5827's early
+    /// segment is lost once three segments sent after it arrived whole (RFC 6675 §4's
+    /// DupThresh), or all of a flight under four but that segment did (RFC 5827's early
     /// retransmit). Once per segment, and again only if its retransmission seems lost
     /// too: no ACK for it after an RTT and a quarter (RFC 8985's reordering window).
     ///
