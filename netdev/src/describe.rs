@@ -1,13 +1,15 @@
-//! [`describe`]: one readable line for an Ethernet frame, as tcpdump would print it.
+//! [`describe`]: one readable line for an Ethernet frame, as tcpdump would print it;
+//! [`arp_of`]: the fields of an ARP frame that matter to a host.
 //!
 //! Used by `tapnet demo` to show each frame that crosses the wire, and by anyone who
 //! wants to log frames. Parsing uses smoltcp's `wire` types and never panics: a frame it
 //! cannot parse is described as malformed, with the reason.
 
 use std::fmt;
+use std::net::Ipv4Addr;
 
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv4Packet,
+    ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, Icmpv4Message, Icmpv4Packet,
     IpProtocol, Ipv4Address, Ipv4Packet, TcpPacket, UdpPacket,
 };
 
@@ -54,6 +56,24 @@ impl fmt::Display for Describe<'_> {
             EthernetProtocol::Ipv6 => write!(f, "IPv6 ({} bytes)", eth.payload().len()),
             other => write!(f, "ethertype {other} ({} bytes)", eth.payload().len()),
         }
+    }
+}
+
+/// An Ethernet/IPv4 ARP packet's (operation, sender address, target address), if
+/// `frame` is a well-formed one.
+pub fn arp_of(frame: &[u8]) -> Option<(ArpOperation, Ipv4Addr, Ipv4Addr)> {
+    let eth = EthernetFrame::new_checked(frame).ok()?;
+    if eth.ethertype() != EthernetProtocol::Arp {
+        return None;
+    }
+    match ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).ok()?).ok()? {
+        ArpRepr::EthernetIpv4 {
+            operation,
+            source_protocol_addr,
+            target_protocol_addr,
+            ..
+        } => Some((operation, source_protocol_addr, target_protocol_addr)),
+        _ => None,
     }
 }
 
@@ -169,6 +189,34 @@ fn tcp(f: &mut fmt::Formatter<'_>, src: Ipv4Address, dst: Ipv4Address, body: &[u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn arp_of_reads_the_operation_and_both_addresses_and_nothing_else() {
+        use smoltcp::wire::EthernetAddress;
+        let mut frame = vec![0u8; 42];
+        let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+        eth.set_ethertype(EthernetProtocol::Arp);
+        ArpRepr::EthernetIpv4 {
+            operation: ArpOperation::Reply,
+            source_hardware_addr: EthernetAddress([2, 0, 0, 0, 0, 1]),
+            source_protocol_addr: Ipv4Addr::new(10, 0, 0, 1),
+            target_hardware_addr: EthernetAddress([2, 0, 0, 0, 0, 2]),
+            target_protocol_addr: Ipv4Addr::new(10, 0, 0, 2),
+        }
+        .emit(&mut ArpPacket::new_unchecked(eth.payload_mut()));
+        assert_eq!(
+            arp_of(&frame),
+            Some((
+                ArpOperation::Reply,
+                Ipv4Addr::new(10, 0, 0, 1),
+                Ipv4Addr::new(10, 0, 0, 2)
+            ))
+        );
+        assert_eq!(arp_of(&frame[..30]), None);
+        let mut ip = frame.clone();
+        EthernetFrame::new_unchecked(&mut ip[..]).set_ethertype(EthernetProtocol::Ipv4);
+        assert_eq!(arp_of(&ip), None);
+    }
 
     #[test]
     fn a_tcp_syn_reads_like_tcpdump() {

@@ -40,7 +40,7 @@ pub use smoltcp::phy::Device;
 pub use smoltcp::time::Instant;
 
 pub use capture::{Capture, Direction, FrameLog, FrameSink};
-pub use describe::describe;
+pub use describe::{arp_of, describe};
 pub use fd::FdDevice;
 pub use impair::{
     DirectionStats, Impair, ImpairConfig, ImpairControl, ImpairStats, Impairment, parse_duration,

@@ -64,14 +64,15 @@ use std::collections::{HashMap, VecDeque};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
+use netdev::arp_of;
 use smoltcp::phy::{self, Device, DeviceCapabilities};
 
 use crate::reassembly::{self, Reassembly};
 use crate::trace::{Dir, Isns, Note, Trace};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
-    ArpOperation, ArpPacket, ArpRepr, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol,
-    Ipv4Packet, Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+    ArpOperation, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet, Ipv4Repr,
+    TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
 };
 
 /// The most ranges a connection's SACK scoreboard keeps (the lowest, which matter).
@@ -858,7 +859,7 @@ impl Watch {
     }
 
     fn outbound(&mut self, frame: &[u8], now: Instant) {
-        if let Some((ArpOperation::Request, _, target)) = arp(frame) {
+        if let Some((ArpOperation::Request, _, target)) = arp_of(frame) {
             self.arp_asked
                 .retain(|_, at| now.saturating_duration_since(*at) < ARP_ASKED_FOR);
             self.arp_asked.insert(target, now);
@@ -872,7 +873,7 @@ impl Watch {
 
     /// Whether `frame` is one smoltcp would mishandle, to be dropped (module doc).
     fn screen_out(&mut self, frame: &[u8], now: Instant) -> bool {
-        let Some((ArpOperation::Reply, sender, _)) = arp(frame) else {
+        let Some((ArpOperation::Reply, sender, _)) = arp_of(frame) else {
             return false;
         };
         let asked = self
@@ -1340,23 +1341,6 @@ fn copy_segment(
     edit(&mut tcp);
     tcp.fill_checksum(&src.into(), &dst.into());
     Some(copy)
-}
-
-/// An ARP packet's (operation, sender address, target address), if `frame` is one.
-fn arp(frame: &[u8]) -> Option<(ArpOperation, Ipv4Addr, Ipv4Addr)> {
-    let eth = EthernetFrame::new_checked(frame).ok()?;
-    if eth.ethertype() != EthernetProtocol::Arp {
-        return None;
-    }
-    match ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).ok()?).ok()? {
-        ArpRepr::EthernetIpv4 {
-            operation,
-            source_protocol_addr,
-            target_protocol_addr,
-            ..
-        } => Some((operation, source_protocol_addr, target_protocol_addr)),
-        _ => None,
-    }
 }
 
 /// The segment that makes smoltcp send a challenge ACK for the one in `frame`: its

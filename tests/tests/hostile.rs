@@ -14,7 +14,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use netdev::{Tap, TapOptions};
+use netdev::{Tap, TapOptions, arp_of};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
     ArpOperation, ArpPacket, ArpRepr, EthernetAddress, EthernetFrame, EthernetProtocol,
@@ -1117,20 +1117,4 @@ fn time_wait(lab: &mut Lab) -> TestResult {
     lab.send(&lab.seg(&c, ACK | PSH, b"late"))?;
     lab.quiet(c.port, "an RST and data in TIME-WAIT")?;
     Ok(())
-}
-
-fn arp_of(frame: &[u8]) -> Option<(ArpOperation, Ipv4Addr, Ipv4Addr)> {
-    let eth = EthernetFrame::new_checked(frame).ok()?;
-    if eth.ethertype() != EthernetProtocol::Arp {
-        return None;
-    }
-    match ArpRepr::parse(&ArpPacket::new_checked(eth.payload()).ok()?).ok()? {
-        ArpRepr::EthernetIpv4 {
-            operation,
-            source_protocol_addr,
-            target_protocol_addr,
-            ..
-        } => Some((operation, source_protocol_addr, target_protocol_addr)),
-        _ => None,
-    }
 }
