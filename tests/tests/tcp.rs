@@ -15,7 +15,7 @@ use netdev::{
 use smoltcp::wire::{
     EthernetFrame, EthernetProtocol, IpProtocol, Ipv4Packet, TcpOption, TcpPacket,
 };
-use stack::{KeepAlive, Stack, StackConfig, State};
+use stack::{KeepAlive, Stack, StackConfig, State, Trace};
 use tapnet_tests::{
     KERNEL_ADDR, STACK_ADDR, TestResult, check, eventually, in_netns, kernel_side_up, plain, root,
 };
@@ -115,9 +115,31 @@ fn wire_pair(
     Ok((alice, bob, frames))
 }
 
-/// Two stacks on the wire, alice recorded, her frames delayed 10 ms on their way out
-/// (so that flights form) through an impairment whose control drops chosen frames.
-fn impaired_pair() -> Result<(Stack, Stack, Frames, ImpairControl), tapnet_tests::Failed> {
+/// What a stack's `--trace` wrote, for a test to read.
+#[derive(Clone, Default)]
+struct TraceLog(Arc<Mutex<Vec<u8>>>);
+
+impl Write for TraceLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl TraceLog {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+/// Two stacks on the wire, alice recorded and traced, her frames delayed 10 ms on their
+/// way out (so that flights form) through an impairment whose control drops chosen
+/// frames.
+fn impaired_pair() -> Result<(Stack, Stack, Frames, TraceLog, ImpairControl), tapnet_tests::Failed>
+{
     let (a, b) = wire(&WireOptions::default())?;
     let impaired = Impair::new(
         a,
@@ -132,9 +154,11 @@ fn impaired_pair() -> Result<(Stack, Stack, Frames, ImpairControl), tapnet_tests
     )?;
     let control = impaired.control();
     let (frames, sink) = recorder();
-    let alice = Stack::new(Capture::new(impaired, sink), config("10.0.0.1/24"))?;
+    let log = TraceLog::default();
+    let traced = config("10.0.0.1/24").with_trace(Trace::to_writer(log.clone(), false));
+    let alice = Stack::new(Capture::new(impaired, sink), traced)?;
     let bob = Stack::new(b, config("10.0.0.2/24"))?;
-    Ok((alice, bob, frames, control))
+    Ok((alice, bob, frames, log, control))
 }
 
 /// tapnet on tap0 (10.0.0.2), recorded; the kernel side is 10.0.0.1. Call inside
@@ -1137,7 +1161,7 @@ fn tap_backlog() -> TestResult {
 /// duplicate ACKs smoltcp counts: its SACK blocks show the loss, and the watch has
 /// smoltcp send it again at once (RFC 5827), not after a retransmission timeout.
 fn wire_early_retransmit() -> TestResult {
-    let (alice, bob, frames, control) = impaired_pair()?;
+    let (alice, bob, frames, log, control) = impaired_pair()?;
     let listener = bob.listen("0.0.0.0:9".parse()?)?;
     let client = alice.dial("10.0.0.2:9".parse()?)?;
     let (server, _) = listener.accept()?;
@@ -1166,6 +1190,14 @@ fn wire_early_retransmit() -> TestResult {
         .filter(|s| tx(s) && s.len > 0)
         .count();
     check!(sent_again >= 3, "{sent_again} data segments sent");
+    // The trace names the ACK that showed the loss.
+    let trace = log.text();
+    check!(
+        trace
+            .lines()
+            .any(|l| l.contains(" < ") && l.contains("(SACK shows a loss: fast retransmit)")),
+        "no ACK marked as showing the loss:\n{trace}"
+    );
     Ok(())
 }
 
@@ -1175,7 +1207,7 @@ fn wire_early_retransmit() -> TestResult {
 /// retransmission timer): the state stays CLOSE-WAIT meanwhile, a lost segment is sent
 /// again at once, and the peer reads every byte, then EOF.
 fn wire_fin_after_data() -> TestResult {
-    let (alice, bob, frames, control) = impaired_pair()?;
+    let (alice, bob, frames, _log, control) = impaired_pair()?;
     let listener = bob.listen("0.0.0.0:9".parse()?)?;
     let client = alice.dial("10.0.0.2:9".parse()?)?;
     let (server, _) = listener.accept()?;
