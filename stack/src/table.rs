@@ -741,8 +741,16 @@ impl Tcp {
             armed += 1;
         }
         let open = armed.min(room) as u32;
+        // SYNs beyond those may wait for the places that free up without an accept: the
+        // half-open sockets, and the room unarmed only for now (not at the socket limit).
+        let unarmed = if self.has_room() {
+            room - open as usize
+        } else {
+            0
+        };
+        let waiting = (half_open + unarmed) as u32;
         let watch = self.watch.get_mut();
-        watch.set_gate(addr, port, open, half_open > 0);
+        watch.set_gate(addr, port, open, waiting);
         watch.release_held(addr, port, now, open);
         half_open
     }

@@ -13,9 +13,10 @@
 //!   (RFC 6298, timed on segments that were never retransmitted, per Karn);
 //! - it holds the **gate** of each listener: a SYN for a listener whose backlog is
 //!   full is dropped here, unanswered, so the client retries, as Linux does (smoltcp
-//!   would otherwise answer it with RST); when the backlog is full of half-open
-//!   connections, the SYN is held instead while the driver recycles the oldest one
-//!   for it (RFC 4987 §3.4), then handed to smoltcp;
+//!   would otherwise answer it with RST). Only when its accept queue is full, though:
+//!   while the backlog has places an accept is not needed to free (half-open
+//!   connections, the oldest of which the driver recycles for it, RFC 4987 §3.4; or
+//!   room not yet armed), the SYN is held for one of them, then handed to smoltcp;
 //! - it **salvages ACKs** that smoltcp would throw away with the segment carrying
 //!   them. smoltcp drops a segment outside the receive window whole, ACK included. But
 //!   RFC 9293 §3.10.7.4 says a zero window must still take valid ACKs, and a Linux peer
@@ -453,10 +454,11 @@ pub(crate) struct Gate {
     pub(crate) port: u16,
     /// SYNs it may still let through before the driver re-arms it.
     pub(crate) open: u32,
-    /// Its backlog holds half-open connections, the oldest of which a SYN may take
-    /// over when the backlog is full.
-    pub(crate) recyclable: bool,
-    /// SYNs dropped because the backlog was full.
+    /// How many SYNs it may hold when none can go through: the places in its backlog
+    /// that free up without an accept (half-open connections, which the driver
+    /// recycles; room not yet armed). None when its accept queue is full.
+    pub(crate) waiting: u32,
+    /// SYNs dropped because the backlog was full, at once or after being held.
     pub(crate) dropped: u64,
 }
 
@@ -486,9 +488,9 @@ pub(crate) struct Watch {
     time_wait: HashMap<Tuple, TimeWait>,
     /// Frames the watch itself sends (the ACK of a FIN in TIME-WAIT), for the driver.
     replies: Vec<Vec<u8>>,
-    /// SYNs for a listener whose backlog is full of half-open connections, held while
-    /// the driver recycles the oldest ones: (destination, when held, frame), oldest
-    /// first.
+    /// SYNs for a listener that can take none right now, held for the places its
+    /// backlog frees without an accept (`Gate::waiting`): (destination, when held,
+    /// frame), oldest first.
     held: Vec<(SocketAddrV4, Instant, Vec<u8>)>,
     /// Frames for smoltcp to take next, through the watch again: held SYNs released,
     /// and datagrams reassembled from fragments.
@@ -727,15 +729,15 @@ impl Watch {
         self.conns.get(tuple)
     }
 
-    /// Sets how many SYNs the listener on `addr:port` may take (adding its gate).
-    pub(crate) fn set_gate(&mut self, addr: Ipv4Addr, port: u16, open: u32, recyclable: bool) {
+    /// Sets how many SYNs the listener on `addr:port` may take, and hold (adding its gate).
+    pub(crate) fn set_gate(&mut self, addr: Ipv4Addr, port: u16, open: u32, waiting: u32) {
         match self.gate_mut(addr, port) {
-            Some(gate) => (gate.open, gate.recyclable) = (open, recyclable),
+            Some(gate) => (gate.open, gate.waiting) = (open, waiting),
             None => self.gates.push(Gate {
                 addr,
                 port,
                 open,
-                recyclable,
+                waiting,
                 dropped: 0,
             }),
         }
@@ -753,11 +755,10 @@ impl Watch {
     /// The listener at `addr`:`port` has room for `open` more SYNs: as many of those
     /// held for it go to smoltcp ahead of the device's next frame, through the gate
     /// again, newest first (when a flood ends, the clients that came after it are
-    /// served before what it left). Those held too long are dropped.
+    /// served before what it left). Those held too long, and the oldest of those its
+    /// gate no longer has places for (connections became ready to accept), are
+    /// dropped and counted.
     pub(crate) fn release_held(&mut self, addr: Ipv4Addr, port: u16, now: Instant, open: u32) {
-        self.held.retain(|(dst, at, _)| {
-            !for_listener(*dst, addr, port) || now.saturating_duration_since(*at) < MAX_HOLD
-        });
         // Those released before and still on their way take their places first.
         let on_the_way = self
             .replay
@@ -765,14 +766,32 @@ impl Watch {
             .filter(|r| matches!(r, Replay::Held(dst, _) if for_listener(*dst, addr, port)))
             .count();
         let mut n = (open as usize).saturating_sub(on_the_way);
+        // Places for the rest: the open ones, then those freed without an accept.
+        let mut keep = (open as usize + self.gate(addr, port).map_or(0, |g| g.waiting as usize))
+            .saturating_sub(on_the_way);
+        let mut dropped = 0;
         let mut i = self.held.len();
-        while n > 0 && i > 0 {
+        while i > 0 {
             i -= 1;
-            if for_listener(self.held[i].0, addr, port) {
+            let (dst, at, _) = &self.held[i];
+            if !for_listener(*dst, addr, port) {
+                continue;
+            }
+            let expired = now.saturating_duration_since(*at) >= MAX_HOLD;
+            if n > 0 && !expired {
                 let (dst, _, frame) = self.held.remove(i);
                 self.replay.push_back(Replay::Held(dst, frame));
                 n -= 1;
+                keep = keep.saturating_sub(1);
+            } else if keep > 0 && !expired {
+                keep -= 1;
+            } else {
+                self.held.remove(i);
+                dropped += 1;
             }
+        }
+        if let Some(gate) = self.gate_mut(addr, port) {
+            gate.dropped += dropped;
         }
     }
 
@@ -1014,14 +1033,28 @@ impl Watch {
             self.rearm = true;
             return Verdict::Pass;
         }
-        if gate.open == 0 && gate.recyclable && !self.replaying {
-            // The backlog is full of half-open connections: the oldest makes room for
-            // this SYN (RFC 4987 §3.4) once it has had time to complete, and the SYN
-            // waits here meanwhile, so that a client arriving right after a SYN flood
-            // is answered at once rather than after its first retransmission.
+        if gate.open == 0 && gate.waiting > 0 && !self.replaying {
+            // The backlog has places that free up without an accept: the oldest
+            // half-open connection makes room for this SYN (RFC 4987 §3.4) once it has
+            // had time to complete, or the driver arms a socket, and the SYN waits here
+            // meanwhile, so that a client arriving right after a SYN flood (or within
+            // a burst) is answered at once rather than after its first retransmission.
+            // With more SYNs than places, the one held longest is dropped: when a flood
+            // ends, the clients who came after it are among those held.
             seen.note = Some(Note::SynHeld);
-            if self.held.len() == MAX_HELD {
-                self.held.remove(0);
+            let (addr, port, waiting) = (gate.addr, gate.port, gate.waiting as usize);
+            let mine =
+                |(dst, _, _): &(SocketAddrV4, Instant, Vec<u8>)| for_listener(*dst, addr, port);
+            let oldest = if self.held.iter().filter(|h| mine(h)).count() >= waiting {
+                self.held.iter().position(mine)
+            } else {
+                (self.held.len() == MAX_HELD).then_some(0)
+            };
+            if let Some(i) = oldest {
+                let (dst, _, _) = self.held.remove(i);
+                if let Some(gate) = gate_for(&mut self.gates, dst) {
+                    gate.dropped += 1;
+                }
             }
             self.held.push((seg.dst, now, frame.to_vec()));
             self.rearm = true;
@@ -1831,5 +1864,51 @@ mod tests {
         watch.outbound(&frame(US, PEER, &seg(5100, 1000, 10, 0)), now);
         assert!(salvage(&mut watch, now, seg(1000, 5100, 700, 40)).is_none());
         assert_eq!(watch.get(&(US, PEER)).unwrap().acks_salvaged, 0);
+    }
+
+    /// A SYN from the peer at `port`.
+    fn syn_from(port: u16) -> Vec<u8> {
+        let mut syn = seg(999, 0, 64, 0);
+        (syn.ack, syn.syn) = (None, true);
+        frame(SocketAddrV4::new(*PEER.ip(), port), US, &syn)
+    }
+
+    #[test]
+    fn syns_are_held_only_for_places_that_free_up_without_an_accept() {
+        let now = Instant::now();
+        let mut watch = Watch::default();
+        // The listener can take no SYN now; two places in its backlog will free up
+        // without an accept (half-open connections to recycle, room not yet armed).
+        watch.set_gate(*US.ip(), US.port(), 0, 2);
+        for port in 1..=3 {
+            assert_eq!(watch.inbound(&syn_from(port), now), Verdict::Drop);
+        }
+        let gate = |watch: &Watch| *watch.gate(*US.ip(), US.port()).unwrap();
+        assert_eq!(watch.held_for(*US.ip(), US.port()), 2);
+        assert_eq!(
+            gate(&watch).dropped,
+            1,
+            "a third has no place: the oldest goes"
+        );
+        // One place opens, and the half-open connections became ready to accept: the
+        // newest held SYN goes on, the other no longer has a place and is dropped.
+        watch.set_gate(*US.ip(), US.port(), 1, 0);
+        watch.release_held(*US.ip(), US.port(), now, 1);
+        assert_eq!(watch.held_for(*US.ip(), US.port()), 0);
+        assert_eq!(gate(&watch).dropped, 2);
+        assert!(matches!(
+            watch.replay.front(),
+            Some(Replay::Held(dst, frame)) if *dst == US && *frame == syn_from(3)
+        ));
+        // An accept queue that is full holds nothing; a SYN held too long is dropped.
+        watch.replay.clear();
+        watch.set_gate(*US.ip(), US.port(), 0, 0);
+        assert_eq!(watch.inbound(&syn_from(4), now), Verdict::Drop);
+        assert_eq!(gate(&watch).dropped, 3);
+        watch.set_gate(*US.ip(), US.port(), 0, 1);
+        assert_eq!(watch.inbound(&syn_from(5), now), Verdict::Drop);
+        watch.release_held(*US.ip(), US.port(), now + MAX_HOLD, 0);
+        assert_eq!(watch.held_for(*US.ip(), US.port()), 0);
+        assert_eq!(gate(&watch).dropped, 4);
     }
 }
