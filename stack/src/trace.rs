@@ -159,7 +159,8 @@ pub(crate) enum Note {
     LossDetected,
     /// A SYN dropped because the listener's backlog is full.
     BacklogFull,
-    /// A SYN held while the oldest half-open connection makes room for it.
+    /// A SYN held until its listener has a place for it (a half-open connection recycled,
+    /// a socket armed).
     SynHeld,
 }
 
@@ -173,7 +174,7 @@ impl Note {
             Note::OldAck => "old ACK ignored, data taken",
             Note::LossDetected => "SACK shows a loss: fast retransmit",
             Note::BacklogFull => "dropped: backlog full",
-            Note::SynHeld => "held: the oldest half-open connection makes room",
+            Note::SynHeld => "held: the backlog makes room",
         }
     }
 }
@@ -376,7 +377,7 @@ pub(crate) fn reason(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::{Stack, StackConfig};
     use netdev::{WireOptions, wire};
@@ -386,7 +387,7 @@ mod tests {
 
     /// A writer whose bytes the test reads back.
     #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Shared(Arc<Mutex<Vec<u8>>>);
 
     impl Write for Shared {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -398,7 +399,7 @@ mod tests {
         }
     }
 
-    fn lines(out: &Shared) -> String {
+    pub(crate) fn lines(out: &Shared) -> String {
         String::from_utf8(out.0.lock().unwrap().clone()).unwrap()
     }
 

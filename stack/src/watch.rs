@@ -1911,4 +1911,20 @@ mod tests {
         assert_eq!(watch.held_for(*US.ip(), US.port()), 0);
         assert_eq!(gate(&watch).dropped, 4);
     }
+
+    #[test]
+    fn a_held_syn_is_traced_as_held() {
+        use crate::trace::tests::{Shared, lines};
+        let out = Shared::default();
+        let now = Instant::now();
+        let mut watch = Watch::new(Some(Trace::to_writer(out.clone(), false)));
+        watch.set_gate(*US.ip(), US.port(), 0, 1);
+        assert_eq!(watch.inbound(&syn_from(1), now), Verdict::Drop);
+        let text = lines(&out);
+        assert!(
+            text.lines()
+                .any(|l| l.contains("[S]") && l.contains("(held: the backlog makes room)")),
+            "{text}"
+        );
+    }
 }
