@@ -10,13 +10,14 @@
 //! - each connection, with its full [`TcpInfo`]: the ones the application holds, the ones
 //!   completed by a listener and waiting to be accepted, and the orphans that the stack
 //!   still drives to the end after the application closed them (FIN-WAIT-1/2, CLOSING,
-//!   LAST-ACK, TIME-WAIT).
+//!   LAST-ACK, TIME-WAIT);
+//! - each half-open connection still inside a listener (SYN-RECEIVED: the SYN-ACK is
+//!   out, the handshake's last ACK not in), with its buffers and segment counts, as
+//!   `ss` lists SYN-RECV; under a SYN flood, these are the backlog.
 //!
 //! A connection in CLOSE-WAIT for at least [`StackConfig::close_wait_warning`] is flagged:
 //! the peer has closed, and the application has not, which is the classic leak of a
 //! server that forgets to close (the stack logs a warning for it as well).
-//!
-//! Half-open connections (SYN-RECEIVED, still inside a listener's pool) are not listed.
 //!
 //! [`StackConfig::close_wait_warning`]: crate::StackConfig::close_wait_warning
 
@@ -108,8 +109,8 @@ impl Stack {
     }
 
     /// The socket table: one entry per listener, then one per connection the stack holds
-    /// (orphans in FIN-WAIT, CLOSING, LAST-ACK and TIME-WAIT included), each group in
-    /// address order. A consistent snapshot, taken under the stack's lock once.
+    /// (half-open ones in SYN-RECEIVED, and orphans in FIN-WAIT, CLOSING, LAST-ACK and
+    /// TIME-WAIT included), each group in address order. A consistent snapshot, taken under the stack's lock once.
     ///
     /// # Examples
     /// ```
@@ -158,6 +159,16 @@ impl Stack {
                 })
             })
             .collect();
+        // Half-open connections, inside their listeners (ss's SYN-RECV).
+        let watch = core.tcp.watch.borrow();
+        conns.extend(core.tcp.half_opens(&core.sockets, now).into_iter().map(
+            |(tuple, age, opts)| SocketEntry::Conn {
+                info: Box::new(TcpInfo::half_open(tuple, age, opts, watch.get(&tuple))),
+                orphan: false,
+                close_wait_overdue: false,
+            },
+        ));
+        drop(watch);
         // Connections whose socket is gone, still in TIME-WAIT.
         conns.extend(
             core.tcp
@@ -340,6 +351,67 @@ mod tests {
                 SocketEntry::Conn { orphan: true, info, .. } if info.state == State::TimeWait
             )),
             "{orphan:#?}"
+        );
+    }
+
+    #[test]
+    fn a_half_open_connection_is_listed_in_syn_received() {
+        use netdev::{Impair, ImpairConfig};
+        let (a, b) = wire(&WireOptions::default()).unwrap();
+        let server_link = Impair::new(b, ImpairConfig::default()).unwrap();
+        let control = server_link.control();
+        let client = Stack::new(
+            a,
+            StackConfig::new().with_addr("10.0.0.1/24".parse().unwrap()),
+        )
+        .unwrap();
+        let server = Stack::new(
+            server_link,
+            StackConfig::new().with_addr("10.0.0.2/24".parse().unwrap()),
+        )
+        .unwrap();
+        let addr: SocketAddr = "10.0.0.2:7".parse().unwrap();
+        let listener = server.listen(addr).unwrap();
+        // A first connection, so both ends know each other's link address.
+        let _first = client.dial_timeout(addr, Duration::from_secs(5)).unwrap();
+        let _first_accepted = listener.accept_timeout(Duration::from_secs(5)).unwrap();
+        // The server's SYN-ACK is lost: its end stays half-open until the client's SYN
+        // comes again (after a second).
+        control.drop_next_egress(1);
+        let dialer = std::thread::spawn({
+            let client = client.clone();
+            move || client.dial_timeout(addr, Duration::from_secs(5))
+        });
+        eventually("a SYN-RECEIVED entry", || {
+            server.sockets().iter().any(|e| {
+                e.state() == State::SynReceived
+                    && e.local() == addr
+                    && e.peer()
+                        .is_some_and(|p| p.ip() == "10.0.0.1".parse::<std::net::IpAddr>().unwrap())
+            })
+        });
+        let half = server
+            .sockets()
+            .into_iter()
+            .find(|e| e.state() == State::SynReceived)
+            .unwrap();
+        let SocketEntry::Conn { info, orphan, .. } = &half else {
+            panic!("{half:?}");
+        };
+        assert!(!orphan);
+        assert_eq!(info.read_buffer, server.config().read_buffer);
+        assert!(info.segments_in >= 1 && info.segments_out >= 1, "{info:?}");
+        // The handshake completes: the entry becomes the accepted connection's.
+        let conn = dialer.join().unwrap().unwrap();
+        let (_accepted, peer) = listener.accept_timeout(Duration::from_secs(5)).unwrap();
+        assert_eq!(Some(peer), conn.local_addr().ok());
+        assert!(
+            !server
+                .sockets()
+                .iter()
+                .any(|e| e.state() == State::SynReceived),
+            "{:#?}",
+            server.sockets()
         );
     }
 }

@@ -573,6 +573,34 @@ impl Tcp {
         listener.waiters.wake_all();
     }
 
+    /// Every listener's half-open connections (SYN-RECEIVED, still in its pool): their
+    /// ends, how long they have been half-open, and the options they will be accepted
+    /// with.
+    pub(crate) fn half_opens(
+        &self,
+        sockets: &SocketSet<'static>,
+        now: Instant,
+    ) -> Vec<(Tuple, Duration, Opts)> {
+        let mut found = Vec::new();
+        for listener in self.listeners.values() {
+            for &handle in &listener.pool {
+                let socket = sockets.get::<tcp::Socket>(handle);
+                if socket.state() != tcp::State::SynReceived {
+                    continue;
+                }
+                let Some((local, peer)) = socket.local_endpoint().zip(socket.remote_endpoint())
+                else {
+                    continue;
+                };
+                // Not seen half-open by a re-arm yet: it has just become so.
+                let born = listener.born.get(&handle).copied().unwrap_or(now);
+                let age = now.saturating_duration_since(born);
+                found.push(((v4(local), v4(peer)), age, listener.opts));
+            }
+        }
+        found
+    }
+
     /// Re-arms every listener: completed handshakes move to the accept queue, closed
     /// half-open sockets are freed, and LISTEN sockets are added while the backlog has
     /// room. The gate then lets through as many SYNs as there are armed sockets and room.

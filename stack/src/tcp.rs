@@ -20,6 +20,7 @@ use smoltcp::socket::tcp;
 use crate::conn::{Conn, DEFAULT_BACKLOG, Listener, Network};
 use crate::error::{OpError, cause};
 use crate::table::{Opts, apply_keepalive, send_fin};
+use crate::watch::{Tuple, Wire};
 use crate::{Blocked, Core, Stack, Step};
 
 /// Receive and send buffers are kept within these bounds. A window scale of 14 could
@@ -249,6 +250,29 @@ impl TcpInfo {
             keepalive: None,
             linger: None,
             nodelay: false,
+        }
+    }
+
+    /// A half-open connection still inside its listener (SYN-RECEIVED): the options it
+    /// will be accepted with, and what the watch saw of it.
+    pub(crate) fn half_open(
+        (local, peer): Tuple,
+        age: Duration,
+        opts: Opts,
+        wire: Option<&Wire>,
+    ) -> TcpInfo {
+        TcpInfo {
+            state: State::SynReceived,
+            read_buffer: opts.read_buffer,
+            write_buffer: opts.write_buffer,
+            recv_window: wire.map_or(0, |w| w.our_window),
+            peer_window: wire.map_or(0, |w| w.peer_window),
+            retransmits: wire.map_or(0, |w| w.retransmits),
+            segments_in: wire.map_or(0, |w| w.segs_in),
+            segments_out: wire.map_or(0, |w| w.segs_out),
+            keepalive: opts.keepalive,
+            nodelay: opts.nodelay,
+            ..TcpInfo::time_wait(SocketAddr::V4(local), SocketAddr::V4(peer), age)
         }
     }
 }

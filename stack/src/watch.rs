@@ -489,9 +489,9 @@ pub(crate) struct Watch {
     /// Frames the watch itself sends (the ACK of a FIN in TIME-WAIT), for the driver.
     replies: Vec<Vec<u8>>,
     /// SYNs for a listener that can take none right now, held for the places its
-    /// backlog frees without an accept (`Gate::waiting`): (destination, when held,
-    /// frame), oldest first.
-    held: Vec<(SocketAddrV4, Instant, Vec<u8>)>,
+    /// backlog frees without an accept (`Gate::waiting`): (tuple, when held, frame),
+    /// oldest first; one per tuple.
+    held: Vec<(Tuple, Instant, Vec<u8>)>,
     /// Frames for smoltcp to take next, through the watch again: held SYNs released,
     /// and datagrams reassembled from fragments.
     replay: VecDeque<Replay>,
@@ -748,7 +748,7 @@ impl Watch {
     pub(crate) fn held_for(&self, addr: Ipv4Addr, port: u16) -> usize {
         self.held
             .iter()
-            .filter(|(dst, _, _)| for_listener(*dst, addr, port))
+            .filter(|((dst, _), _, _)| for_listener(*dst, addr, port))
             .count()
     }
 
@@ -773,13 +773,13 @@ impl Watch {
         let mut i = self.held.len();
         while i > 0 {
             i -= 1;
-            let (dst, at, _) = &self.held[i];
+            let ((dst, _), at, _) = &self.held[i];
             if !for_listener(*dst, addr, port) {
                 continue;
             }
             let expired = now.saturating_duration_since(*at) >= MAX_HOLD;
             if n > 0 && !expired {
-                let (dst, _, frame) = self.held.remove(i);
+                let ((dst, _), _, frame) = self.held.remove(i);
                 self.replay.push_back(Replay::Held(dst, frame));
                 n -= 1;
                 keep = keep.saturating_sub(1);
@@ -798,7 +798,7 @@ impl Watch {
     pub(crate) fn remove_gate(&mut self, addr: Ipv4Addr, port: u16) {
         self.gates.retain(|g| !(g.addr == addr && g.port == port));
         self.held
-            .retain(|(dst, _, _)| !for_listener(*dst, addr, port));
+            .retain(|((dst, _), _, _)| !for_listener(*dst, addr, port));
         self.active = !self.conns.is_empty() || !self.gates.is_empty();
     }
 
@@ -1033,6 +1033,10 @@ impl Watch {
             self.rearm = true;
             return Verdict::Pass;
         }
+        // A SYN sent again takes the place of one held before for the same connection:
+        // the older, let through once this one had opened and closed the connection,
+        // would open a stale half-open one.
+        self.held.retain(|(held, _, _)| *held != tuple);
         if gate.open == 0 && gate.waiting > 0 && !self.replaying {
             // The backlog has places that free up without an accept: the oldest
             // half-open connection makes room for this SYN (RFC 4987 §3.4) once it has
@@ -1044,19 +1048,19 @@ impl Watch {
             seen.note = Some(Note::SynHeld);
             let (addr, port, waiting) = (gate.addr, gate.port, gate.waiting as usize);
             let mine =
-                |(dst, _, _): &(SocketAddrV4, Instant, Vec<u8>)| for_listener(*dst, addr, port);
+                |((dst, _), _, _): &(Tuple, Instant, Vec<u8>)| for_listener(*dst, addr, port);
             let oldest = if self.held.iter().filter(|h| mine(h)).count() >= waiting {
                 self.held.iter().position(mine)
             } else {
                 (self.held.len() == MAX_HELD).then_some(0)
             };
             if let Some(i) = oldest {
-                let (dst, _, _) = self.held.remove(i);
+                let ((dst, _), _, _) = self.held.remove(i);
                 if let Some(gate) = gate_for(&mut self.gates, dst) {
                     gate.dropped += 1;
                 }
             }
-            self.held.push((seg.dst, now, frame.to_vec()));
+            self.held.push((tuple, now, frame.to_vec()));
             self.rearm = true;
             return Verdict::Drop;
         }
@@ -1910,6 +1914,26 @@ mod tests {
         watch.release_held(*US.ip(), US.port(), now + MAX_HOLD, 0);
         assert_eq!(watch.held_for(*US.ip(), US.port()), 0);
         assert_eq!(gate(&watch).dropped, 4);
+    }
+
+    #[test]
+    fn a_syn_sent_again_takes_the_place_of_the_one_held_for_its_connection() {
+        let now = Instant::now();
+        let mut watch = Watch::default();
+        let (addr, port) = (*US.ip(), US.port());
+        watch.set_gate(addr, port, 0, 4);
+        for syn in [syn_from(1), syn_from(1), syn_from(2)] {
+            assert_eq!(watch.inbound(&syn, now), Verdict::Drop);
+        }
+        assert_eq!(watch.held_for(addr, port), 2, "one SYN held per connection");
+        assert_eq!(watch.gate(addr, port).unwrap().dropped, 0);
+        // A place opens and the second client's SYN, sent again, goes through: the copy
+        // held before must never follow it (it would open a stale half-open connection).
+        watch.set_gate(addr, port, 1, 4);
+        assert_eq!(watch.inbound(&syn_from(2), now), Verdict::Pass);
+        assert_eq!(watch.held_for(addr, port), 1);
+        let ((_, peer), _, _) = &watch.held[0];
+        assert_eq!(peer.port(), 1);
     }
 
     #[test]

@@ -606,6 +606,7 @@ fn flood_beside_stream(
         let started = Instant::now();
         let flood = scope.spawn(|| flood(peer, stack_mac, FLOOD_SYNS, FLOOD_TIME));
         let (mut max_sockets, mut max_rss, mut rss_filled) = (0, 0, None);
+        let mut half_open = 0;
         let deadline = started + FLOOD_TIME * 3;
         while !flood.is_finished() && Instant::now() < deadline {
             max_sockets = max_sockets.max(stack.tcp_socket_count());
@@ -613,17 +614,23 @@ fn flood_beside_stream(
             max_rss = max_rss.max(rss);
             if rss_filled.is_none() && started.elapsed() >= QUEUE_FILLED {
                 rss_filled = Some(rss);
+                // The socket table shows the backlog the flood holds, as `ss` would.
+                half_open = stack
+                    .sockets()
+                    .iter()
+                    .filter(|e| e.state() == State::SynReceived)
+                    .count();
             }
             thread::sleep(Duration::from_millis(20));
         }
         let flood = flood.join().map_err(|_| "the flood thread panicked")??;
         let bytes = received.load(Ordering::Relaxed) - start_bytes;
         let rss_filled = rss_filled.ok_or("the flood ended before the queue filled")?;
-        Ok((flood, (bytes, max_sockets, max_rss, rss_filled)))
+        Ok((flood, (bytes, max_sockets, max_rss, rss_filled, half_open)))
     })?;
     let flood_end = Instant::now();
     let (sent, took) = flood;
-    let (bytes, max_sockets, max_rss, rss_filled) = during;
+    let (bytes, max_sockets, max_rss, rss_filled, half_open) = during;
     let loaded = bytes as f64 / took.as_secs_f64();
     let syn_rate = sent as f64 / took.as_secs_f64();
 
@@ -679,8 +686,9 @@ fn flood_beside_stream(
     eprintln!(
         "syn flood: TCP sockets {base_sockets} before, at most {max_sockets} during, \
          {after_sockets} after with 2 new clients (cap {cap}); RSS {base_rss} KiB before, \
-         {rss_filled} KiB {QUEUE_FILLED:?} in, at most {max_rss} KiB during, {after_rss} KiB \
-         after (bound {rss_bound} KiB: {} sockets x {per_socket} KiB of buffers + {} KiB)",
+         {rss_filled} KiB {QUEUE_FILLED:?} in (when {half_open} were listed in SYN-RECEIVED), \
+         at most {max_rss} KiB during, {after_rss} KiB after (bound {rss_bound} KiB: {} \
+         sockets x {per_socket} KiB of buffers + {} KiB)",
         FLOOD_BACKLOG + 2,
         FLOOD_RSS_SLACK_KIB
     );
@@ -700,6 +708,11 @@ fn flood_beside_stream(
         max_sockets <= cap && after_sockets <= cap + 2,
         "TCP sockets: at most {max_sockets} during the flood, {after_sockets} after \
          (+2 new clients), over the cap {cap}"
+    );
+    check!(
+        half_open > FLOOD_BACKLOG / 2 && half_open <= FLOOD_BACKLOG,
+        "the socket table listed {half_open} half-open connections in a flood at a backlog \
+         of {FLOOD_BACKLOG}"
     );
     let peak = max_rss.max(after_rss);
     check!(
