@@ -110,7 +110,8 @@ impl Stack {
 
     /// The socket table: one entry per listener, then one per connection the stack holds
     /// (half-open ones in SYN-RECEIVED, and orphans in FIN-WAIT, CLOSING, LAST-ACK and
-    /// TIME-WAIT included), each group in address order. A consistent snapshot, taken under the stack's lock once.
+    /// TIME-WAIT included), each group in address order. A consistent snapshot, taken
+    /// under the stack's lock once.
     ///
     /// # Examples
     /// ```
