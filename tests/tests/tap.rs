@@ -23,6 +23,10 @@ fn main() {
             ping_and_pcap,
         ),
         root(
+            "a_ping_larger_than_the_mtu_is_reassembled_and_answered_in_fragments",
+            large_ping,
+        ),
+        root(
             "kernel_connect_to_a_closed_port_is_refused",
             closed_port_refused,
         ),
@@ -137,6 +141,100 @@ fn ping_and_pcap() -> TestResult {
         arp >= 2 && echo_req == 3 && echo_rep == 3,
         "tshark read:\n{text}"
     );
+    Ok(())
+}
+
+/// A ping of 4,000 bytes does not fit the link's 1,500: the kernel sends each request
+/// in fragments, the stack reassembles it (RFC 1122 §3.3.2) and fragments its reply
+/// (RFC 791 §2.3), as the pcap shows: three pieces each way, offsets in 8-byte units.
+fn large_ping() -> TestResult {
+    const SIZE: &str = "4000";
+    let dir = TempDir::new("bigping")?;
+    let pcap = dir.join("bigping.pcap");
+    in_netns(|| {
+        let tap = Tap::open("tap0", &TapOptions::default())?;
+        kernel_side_up("tap0")?;
+        let _stack = Stack::new(Capture::new(tap, PcapFile::create(&pcap)?), stack_config())?;
+        let out = run(
+            Command::new("ping").args([
+                "-c",
+                "2",
+                "-i",
+                "0.2",
+                "-W",
+                "2",
+                "-s",
+                SIZE,
+                &STACK_ADDR.to_string(),
+            ]),
+            Duration::from_secs(20),
+        )?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        check!(
+            out.status.success() && text.contains("2 received"),
+            "ping -s {SIZE}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        check!(
+            text.contains(&format!(
+                "{} bytes from {STACK_ADDR}",
+                SIZE.parse::<usize>()? + 8
+            )),
+            "the replies are not whole: {text}"
+        );
+        Ok(())
+    })?;
+    // Every fragment of the stack's, by datagram: (offset, more fragments, length).
+    let mut ours: std::collections::BTreeMap<u16, Vec<(usize, bool, usize)>> = Default::default();
+    let mut theirs = 0;
+    for frame in pcap_frames(&pcap)? {
+        let eth = EthernetFrame::new_checked(&frame[..]).map_err(|e| e.to_string())?;
+        if eth.ethertype() != EthernetProtocol::Ipv4 {
+            continue;
+        }
+        let ip = Ipv4Packet::new_checked(eth.payload()).map_err(|e| e.to_string())?;
+        if !(ip.more_frags() || ip.frag_offset() != 0) {
+            continue;
+        }
+        check!(frame.len() <= 1514, "a frame of {} bytes", frame.len());
+        if ip.src_addr() == STACK_ADDR {
+            check!(
+                ip.verify_checksum(),
+                "a fragment's header checksum is wrong"
+            );
+            let pieces = ours.entry(ip.ident()).or_default();
+            pieces.push((
+                ip.frag_offset() as usize,
+                ip.more_frags(),
+                ip.payload().len(),
+            ));
+        } else {
+            theirs += 1;
+        }
+    }
+    check!(theirs == 6, "the kernel sent {theirs} fragments, not 2 x 3");
+    check!(
+        ours.len() == 2,
+        "the stack fragmented {} datagrams: {ours:?}",
+        ours.len()
+    );
+    for pieces in ours.values_mut() {
+        pieces.sort();
+        let mut next = 0;
+        for (i, &(offset, more, len)) in pieces.iter().enumerate() {
+            let last = i + 1 == pieces.len();
+            check!(
+                offset == next && more != last && (last || len % 8 == 0),
+                "fragments do not tile the datagram: {pieces:?}"
+            );
+            next = offset + len;
+        }
+        // ICMP header (8) + the data.
+        check!(
+            next == 8 + SIZE.parse::<usize>()?,
+            "reassembled {next} bytes: {pieces:?}"
+        );
+    }
     Ok(())
 }
 
