@@ -1,4 +1,5 @@
-//! `tapnet up`: a host on a TAP that answers ARP and ping until SIGINT or SIGTERM.
+//! `tapnet up`: a host on a TAP that answers ARP and ping until SIGINT or SIGTERM (or
+//! until its stack's driver dies, an error).
 
 use std::io;
 use std::process::ExitCode;
@@ -51,9 +52,27 @@ pub fn run(args: UpArgs) -> io::Result<ExitCode> {
         addrs.join(" "),
         stack.mac()
     );
+    // A driver that dies (a panic, logged) ends the wait for a signal too: up has nothing
+    // left to do, and says so rather than sit there answering nothing.
+    let closer = signals.handle();
+    let watcher = std::thread::spawn({
+        let stack = stack.clone();
+        move || {
+            stack.wait_stopped();
+            closer.close();
+        }
+    });
     let signal = signals.forever().next();
+    let died = signal.is_none() && !stack.is_running();
     // Stopping joins the driver, which drops the device and so completes the pcap file.
     stack.stop();
+    let _ = watcher.join();
+    if died {
+        return Err(io::Error::other(format!(
+            "{name}: the stack's driver died: {}",
+            stack.counters()
+        )));
+    }
     say!(
         "tapnet down on {name} ({}): {}",
         signal.map_or("end of signals".into(), signal_name),

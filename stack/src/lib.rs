@@ -192,6 +192,14 @@ impl Stack {
         !self.handle.shared.stopped.load(Ordering::Acquire)
     }
 
+    /// Blocks until the driver has ended: a [`Stack::stop`] from any handle, or its death
+    /// (a panic, logged). A program whose work is only the stack's own (answering ARP
+    /// and ping) waits here to learn that it has none left.
+    pub fn wait_stopped(&self) {
+        let stopped = self.shared().block_on(|_, _| Step::<()>::Wait(None));
+        debug_assert!(matches!(stopped, Err(Blocked::Stopped)));
+    }
+
     /// Stops the driver and releases the device. Calls blocked on the stack return an
     /// error. Idempotent; also what dropping the last handle does.
     pub fn stop(&self) {

@@ -1937,6 +1937,23 @@ mod tests {
     }
 
     #[test]
+    fn time_wait_records_stop_at_16384_and_the_oldest_goes_first() {
+        let (mut watch, now) = watch(10);
+        let wire = watch.get(&(US, PEER)).unwrap().clone();
+        let peer = |port: u16| SocketAddrV4::new(*PEER.ip(), port);
+        let tick = Duration::from_micros(1);
+        for (i, port) in (1..=MAX_TIME_WAIT as u16 + 1).enumerate() {
+            watch.conns.insert((US, peer(port)), wire.clone());
+            assert!(watch.enter_time_wait((US, peer(port)), now + tick * i as u32));
+        }
+        // One more than the table holds: the record entered first made room.
+        assert_eq!(watch.time_waits().count(), MAX_TIME_WAIT);
+        assert!(!watch.in_time_wait(&(US, peer(1))));
+        assert!(watch.in_time_wait(&(US, peer(2))));
+        assert!(watch.in_time_wait(&(US, peer(MAX_TIME_WAIT as u16 + 1))));
+    }
+
+    #[test]
     fn a_held_syn_is_traced_as_held() {
         use crate::trace::tests::{Shared, lines};
         let out = Shared::default();

@@ -955,11 +955,26 @@ fn driver_panic() -> TestResult {
         },
         b,
     )?;
+    // What `tapnet up` waits on, besides signals.
+    let waiting = {
+        let alice = scene.alice.clone();
+        std::thread::spawn(move || alice.wait_stopped())
+    };
     let t0 = Instant::now();
     doom.store(true, Ordering::Release);
     // A frame for alice wakes her driver, which meets the doomed device at once.
     (&scene.bob_conn).write_all(b"wake up")?;
-    all_fail("driver panic", scene, t0)
+    all_fail("driver panic", scene, t0)?;
+    let deadline = t0 + PROMPT * 5;
+    while !waiting.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    check!(
+        waiting.is_finished(),
+        "wait_stopped still blocks {:?} after the driver died",
+        t0.elapsed()
+    );
+    Ok(())
 }
 
 /// After a stop, `listen` fails too, as every other call does (it used to succeed, and
