@@ -18,6 +18,7 @@ fn main() {
     tapnet_tests::main(vec![
         plain("demo_shows_arp_and_echo_frames_and_round_trips", demo),
         plain("demo_with_loss_is_the_same_for_the_same_seed", demo_seeded),
+        plain("demo_ping_past_the_mtu_goes_in_fragments", demo_fragments),
         plain("every_help_text_runs", help),
         plain("demo_into_a_closed_pipe_exits_quietly", closed_pipe),
         plain("demo_takes_its_network_from_addr", demo_addr),
@@ -63,6 +64,40 @@ fn demo() -> TestResult {
     }
     let requests = out.matches("ICMP echo request").count();
     check!(requests == 3, "{requests} echo requests printed:\n{out}");
+    Ok(())
+}
+
+/// A ping of 4,000 bytes on a 1,500-byte wire: each request and each reply crosses in
+/// three fragments, the last one marked so, and every ping is answered whole.
+fn demo_fragments() -> TestResult {
+    let (code, out, err) = tapnet(&["demo", "ping", "-c", "2", "-i", "50ms", "-s", "4000"])?;
+    check!(code == 0, "exit {code}: {err}");
+    check!(out.contains("2 sent, 2 received, 0% loss"), "{out}");
+    for (way, what) in [
+        (
+            "alice -> bob    IPv4 fragment 10.0.0.1 > 10.0.0.2 ICMP id ",
+            "requests",
+        ),
+        (
+            "bob   -> alice  IPv4 fragment 10.0.0.2 > 10.0.0.1 ICMP id ",
+            "replies",
+        ),
+    ] {
+        let lines: Vec<&str> = out.lines().filter(|l| l.contains(way)).collect();
+        check!(
+            lines.len() == 6,
+            "{what}: {} fragments:\n{out}",
+            lines.len()
+        );
+        let last = lines.iter().filter(|l| l.ends_with(", the last")).count();
+        check!(last == 2, "{what}: {last} last fragments:\n{out}");
+        check!(
+            lines
+                .iter()
+                .any(|l| l.contains(" offset 0 (1480 bytes), more follow")),
+            "{what}: no first fragment of 1,480 bytes:\n{out}"
+        );
+    }
     Ok(())
 }
 
@@ -154,6 +189,7 @@ fn bad_flags() -> TestResult {
         (&["demo", "--delay", "soon"], "--delay"),
         (&["demo", "--rate", "fast"], "--rate"),
         (&["demo", "ping", "-c", "0"], "--count"),
+        (&["demo", "ping", "-s", "65508"], "65507"),
         (&["demo", "sideways"], "invalid value"),
         (&["echo", "--kernel", "--trace"], "cannot be used"),
         (&["echo", "--port", "70000"], "70000"),

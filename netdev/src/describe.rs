@@ -109,12 +109,19 @@ fn ipv4(f: &mut fmt::Formatter<'_>, payload: &[u8]) -> fmt::Result {
     };
     let (src, dst) = (ip.src_addr(), ip.dst_addr());
     if ip.frag_offset() != 0 || ip.more_frags() {
+        // Which datagram (its identification), where in it, and whether more follow.
         return write!(
             f,
-            "IPv4 fragment {src} > {dst} {} offset {} ({} bytes)",
+            "IPv4 fragment {src} > {dst} {} id {} offset {} ({} bytes){}",
             ip.next_header(),
+            ip.ident(),
             ip.frag_offset(),
-            ip.payload().len()
+            ip.payload().len(),
+            if ip.more_frags() {
+                ", more follow"
+            } else {
+                ", the last"
+            }
         );
     }
     let body = ip.payload();

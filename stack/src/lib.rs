@@ -45,7 +45,7 @@ use smoltcp::wire::{HardwareAddress, IpCidr};
 pub use config::{Ipv4Net, Mac, StackConfig};
 pub use conn::{Conn, DEFAULT_BACKLOG, Listener, Network};
 pub use error::OpError;
-pub use ping::Pinger;
+pub use ping::{MAX_PING_SIZE, PING_SIZE, Pinger};
 pub use sockets::SocketEntry;
 pub use tcp::{Dialer, Incoming, KeepAlive, ListenConfig, State, TcpInfo, TcpListener, TcpStream};
 pub use trace::Trace;
@@ -206,9 +206,19 @@ impl Stack {
         self.handle.stop();
     }
 
-    /// A [`Pinger`] that sends ICMP echo requests to `dst`.
+    /// A [`Pinger`] that sends ICMP echo requests to `dst`, each with [`PING_SIZE`]
+    /// bytes of data.
     pub fn pinger(&self, dst: Ipv4Addr) -> io::Result<Pinger> {
-        Pinger::new(self.clone(), dst)
+        Pinger::new(self.clone(), dst, PING_SIZE)
+    }
+
+    /// A [`Pinger`] whose requests carry `size` bytes of data (`ping -s`): beyond the
+    /// MTU they go out in fragments, as do the replies.
+    ///
+    /// # Errors
+    /// `InvalidInput` when `size` is over [`MAX_PING_SIZE`].
+    pub fn pinger_with_size(&self, dst: Ipv4Addr, size: usize) -> io::Result<Pinger> {
+        Pinger::new(self.clone(), dst, size)
     }
 
     pub(crate) fn shared(&self) -> &Shared {

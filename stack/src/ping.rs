@@ -11,8 +11,13 @@ use smoltcp::wire::{Icmpv4Packet, Icmpv4Repr, IpAddress};
 
 use crate::{Blocked, Stack, Step};
 
-/// Bytes of payload in each echo request, as the kernel's `ping` sends by default.
-const PAYLOAD: [u8; 56] = *b"tapnet ping: the quick brown fox jumps over the lazy dog";
+/// What echo requests carry, repeated to their size.
+const PATTERN: &[u8; 56] = b"tapnet ping: the quick brown fox jumps over the lazy dog";
+/// Bytes of data in each echo request by default, as the kernel's `ping` sends.
+pub const PING_SIZE: usize = 56;
+/// The most data an echo request can carry: an IPv4 datagram of 65,535 bytes, less its
+/// header and the ICMP header. Beyond the MTU it goes out in fragments.
+pub const MAX_PING_SIZE: usize = 65_507;
 
 /// Sends ICMP echo requests to one address and waits for the replies.
 ///
@@ -24,15 +29,28 @@ pub struct Pinger {
     dst: Ipv4Addr,
     ident: u16,
     seq: u16,
+    /// The data of every request, which each reply must carry back.
+    data: Vec<u8>,
 }
 
 impl Pinger {
-    pub(crate) fn new(stack: Stack, dst: Ipv4Addr) -> io::Result<Pinger> {
+    pub(crate) fn new(stack: Stack, dst: Ipv4Addr, size: usize) -> io::Result<Pinger> {
+        if size > MAX_PING_SIZE {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "ping {dst}: {size} bytes of data: at most {MAX_PING_SIZE} fit in an IPv4 \
+                     datagram"
+                ),
+            ));
+        }
+        let data: Vec<u8> = PATTERN.iter().copied().cycle().take(size).collect();
+        // Room for a few messages each way, late replies included.
+        let room = 4 * (size + 8).max(256);
+        let buffer =
+            || icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; room]);
         let ident = fastrand::u16(1..);
-        let mut socket = icmp::Socket::new(
-            icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 8 * 128]),
-            icmp::PacketBuffer::new(vec![icmp::PacketMetadata::EMPTY; 8], vec![0; 8 * 128]),
-        );
+        let mut socket = icmp::Socket::new(buffer(), buffer());
         socket
             .bind(icmp::Endpoint::Ident(ident))
             .map_err(|e| io::Error::other(format!("ping {dst}: bind: {e}")))?;
@@ -43,7 +61,13 @@ impl Pinger {
             dst,
             ident,
             seq: 0,
+            data,
         })
+    }
+
+    /// Bytes of data each echo request carries (`ping -s`).
+    pub fn size(&self) -> usize {
+        self.data.len()
     }
 
     /// The address this pinger pings.
@@ -67,7 +91,7 @@ impl Pinger {
         let request = Icmpv4Repr::EchoRequest {
             ident,
             seq_no: seq,
-            data: &PAYLOAD,
+            data: &self.data,
         };
         let sent_at = Instant::now();
         let deadline = sent_at + timeout;
@@ -84,10 +108,11 @@ impl Pinger {
             );
         }
         shared.wake();
+        let data = &self.data;
         let result = shared.block_on(|core, waker| {
             let socket = core.sockets.get_mut::<icmp::Socket>(self.socket);
             while let Ok((payload, from)) = socket.recv() {
-                if from == IpAddress::Ipv4(dst) && is_reply(payload, ident, seq) {
+                if from == IpAddress::Ipv4(dst) && is_reply(payload, ident, seq, data) {
                     return Step::Done(Ok(sent_at.elapsed()));
                 }
             }
@@ -110,13 +135,15 @@ impl Pinger {
     }
 }
 
-fn is_reply(payload: &[u8], ident: u16, seq: u16) -> bool {
+/// Whether `payload` is the reply to request `seq`, carrying its data back intact.
+fn is_reply(payload: &[u8], ident: u16, seq: u16, data: &[u8]) -> bool {
     let Ok(packet) = Icmpv4Packet::new_checked(payload) else {
         return false;
     };
     matches!(
         Icmpv4Repr::parse(&packet, &ChecksumCapabilities::default()),
-        Ok(Icmpv4Repr::EchoReply { ident: i, seq_no: s, .. }) if i == ident && s == seq
+        Ok(Icmpv4Repr::EchoReply { ident: i, seq_no: s, data: d })
+            if i == ident && s == seq && d == data
     )
 }
 

@@ -19,7 +19,13 @@ pub(crate) struct Stage {
     /// Written by smoltcp, waiting for the device.
     pub(crate) tx: RefCell<Vec<Vec<u8>>>,
     spare: RefCell<Vec<Vec<u8>>>,
+    /// Fragments of an ICMP datagram smoltcp is sending, held until its last one
+    /// ([`mend_icmp_fragments`]).
+    icmp_fragments: Vec<Vec<u8>>,
 }
+
+/// The most fragments one datagram takes: 65,535 bytes in pieces of at least 576's worth.
+const MAX_FRAGMENTS: usize = 128;
 
 impl Stage {
     /// Reads up to `max` frames from `device`. Returns how many.
@@ -48,6 +54,7 @@ impl Stage {
     /// Writes every frame smoltcp sent to `device`, in order. Returns how many were
     /// refused (a device that has no room drops them, as a full link would).
     pub(crate) fn write_to<D: Device>(&mut self, device: &mut D, now: Instant) -> usize {
+        mend_icmp_fragments(self.tx.get_mut(), &mut self.icmp_fragments);
         let mut refused = 0;
         let spare = self.spare.get_mut();
         for buf in self.tx.get_mut().drain(..) {
@@ -146,4 +153,82 @@ impl phy::TxToken for TxToken<'_> {
         self.tx.borrow_mut().push(buf);
         result
     }
+}
+
+/// smoltcp (0.14) computes the checksum of an ICMP message it sends in fragments over its
+/// whole fragmentation buffer, so bytes an earlier, longer datagram left there count too:
+/// a ping reply after a longer one went out with a wrong checksum, and was dropped. The
+/// fragments of an ICMP datagram are held here until its last one has been written, then
+/// the checksum (RFC 792) is computed again over the message and set in the first.
+/// Other frames go on at once.
+fn mend_icmp_fragments(tx: &mut Vec<Vec<u8>>, held: &mut Vec<Vec<u8>>) {
+    if !tx.iter().any(|frame| icmp_fragment(frame).is_some()) {
+        return;
+    }
+    let mut out = Vec::with_capacity(tx.len());
+    for frame in tx.drain(..) {
+        let Some(last) = icmp_fragment(&frame) else {
+            out.push(frame);
+            continue;
+        };
+        held.push(frame);
+        if last || held.len() >= MAX_FRAGMENTS {
+            if last {
+                set_icmp_checksum(held);
+            }
+            out.append(held);
+        }
+    }
+    *tx = out;
+}
+
+/// Whether `frame` is a fragment of an IPv4 datagram carrying ICMP, and if so whether it
+/// is the last (More Fragments clear).
+fn icmp_fragment(frame: &[u8]) -> Option<bool> {
+    let ip = frame.get(14..34)?;
+    let flags = u16::from_be_bytes([ip[6], ip[7]]);
+    let (more, offset) = (flags & 0x2000 != 0, flags & 0x1fff);
+    (frame[12..14] == [0x08, 0x00] && ip[9] == 1 && (more || offset != 0)).then_some(!more)
+}
+
+/// The IPv4 payload of `frame`, and its offset in the datagram (in bytes).
+fn ipv4_payload(frame: &[u8]) -> Option<(usize, std::ops::Range<usize>)> {
+    let header = usize::from(frame.get(14)? & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([*frame.get(16)?, *frame.get(17)?]));
+    let offset = usize::from(u16::from_be_bytes([frame[20], frame[21]]) & 0x1fff) * 8;
+    let range = 14 + header..14 + total;
+    (header >= 20 && range.end <= frame.len()).then_some((offset, range))
+}
+
+/// Sets the ICMP checksum in the first of `fragments`, computed over all of them: the
+/// fragments of one datagram, in order. Left as they are unless they tile it from 0.
+fn set_icmp_checksum(fragments: &mut [Vec<u8>]) {
+    let mut sum = 0u32;
+    let mut next = 0;
+    for frame in fragments.iter() {
+        let Some((offset, range)) = ipv4_payload(frame) else {
+            return;
+        };
+        if offset != next || frame[18..20] != fragments[0][18..20] {
+            return; // Not the pieces of one datagram, in order.
+        }
+        next += range.len();
+        // Every piece but the last is a multiple of 8 bytes, so 16-bit words line up.
+        for word in frame[range].chunks(2) {
+            sum += u32::from(u16::from_be_bytes([word[0], *word.get(1).unwrap_or(&0)]));
+        }
+    }
+    let Some((_, first)) = ipv4_payload(&fragments[0]) else {
+        return;
+    };
+    if first.len() < 8 {
+        return;
+    }
+    let field = first.start + 2..first.start + 4;
+    let old = u16::from_be_bytes([fragments[0][field.start], fragments[0][field.start + 1]]);
+    sum -= u32::from(old); // The sum is of the message with its checksum field zero.
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    fragments[0][field].copy_from_slice(&(!(sum as u16)).to_be_bytes());
 }

@@ -59,6 +59,10 @@ pub struct DemoArgs {
     /// How long to wait for each reply, e.g. 1s (ping)
     #[arg(short = 'W', long, value_name = "TIME", default_value = "1s", value_parser = netdev::parse_duration)]
     pub timeout: Duration,
+    /// Bytes of data in each echo request; past the MTU, watch it go in fragments (ping)
+    #[arg(short = 's', long, value_name = "BYTES", default_value_t = stack::PING_SIZE as u16,
+          value_parser = clap::value_parser!(u16).range(..=stack::MAX_PING_SIZE as i64))]
+    pub size: u16,
     /// Device options: --pcap captures the wire, impairment applies to the client's end,
     /// --seed makes a run repeatable, --tap puts the server on a TAP
     #[command(flatten)]

@@ -62,7 +62,7 @@ pub fn run(args: &DemoArgs) -> io::Result<ExitCode> {
         bob.mac()
     );
 
-    let mut pinger = alice.pinger(target)?;
+    let mut pinger = alice.pinger_with_size(target, usize::from(args.size))?;
     let mut rtts = Vec::new();
     for n in 0..args.count {
         if n > 0 {
