@@ -37,6 +37,9 @@ use crate::watch::{TIME_WAIT, Tuple, Watch};
 /// LISTEN sockets kept armed per listener (when the backlog has room). The driver
 /// re-arms after every SYN, so two leave a spare.
 const ARMED: usize = 2;
+/// How long before a keepalive probe is due by the watch's clock the knob is set to the
+/// interval: smoltcp's clock, which sends the probe, may run a moment ahead.
+const KEEPALIVE_LEAD: Duration = Duration::from_millis(5);
 /// How long an orphaned connection may sit in FIN-WAIT-2 (Linux's `tcp_fin_timeout`).
 const FIN_WAIT_2_TIMEOUT: Duration = Duration::from_secs(60);
 /// How often orphans are checked for being done.
@@ -333,6 +336,9 @@ pub(crate) struct Tcp {
     pub(crate) watch: RefCell<Watch>,
     /// Sockets whose keepalive knob was set to the probe interval for this pass.
     ka_armed: Vec<SocketHandle>,
+    /// Sockets whose keepalive probing began (the knob is set to the interval for every
+    /// pass while their peer stays silent).
+    probing: Vec<SocketHandle>,
     /// Connections with a read blocked for data ([`Tcp::hand_off`]).
     readers: Vec<SocketHandle>,
     /// Connections with a write blocked for room ([`Tcp::hand_off`]).
@@ -362,6 +368,7 @@ impl Tcp {
             next_port: *EPHEMERAL.start() + fastrand::u16(..16384),
             watch: RefCell::new(Watch::new(config.trace.clone())),
             ka_armed: Vec::new(),
+            probing: Vec::new(),
             readers: Vec::new(),
             writers: Vec::new(),
             next_call: 0,
@@ -894,8 +901,30 @@ impl Tcp {
         }
     }
 
-    /// Before egress: the keepalive scan, when one is due.
+    /// Before egress: connections already probing keep the knob at `interval`, and the
+    /// keepalive scan runs when one is due.
     pub(crate) fn before_egress(&mut self, sockets: &mut SocketSet<'static>, now: Instant) {
+        // Once a probe is out and the peer silent, every pass keeps the knob at `interval`:
+        // smoltcp sends the next probe when its own timer says, which may be a moment
+        // before the scan would find it due, and a probe sent under `idle` put the next
+        // one a whole `idle` later, past the give-up.
+        let watch = self.watch.get_mut();
+        for &handle in &self.probing {
+            if let Some(meta) = self.conns.get(&handle)
+                && let Some(ka) = meta.opts.keepalive
+                && let Some(wire) = watch.get(&meta.tuple)
+                && (wire.probes_out > 0
+                    || watch
+                        .probe_due(&meta.tuple, ka.idle(), ka.interval())
+                        .is_some_and(|due| due <= now + KEEPALIVE_LEAD))
+            {
+                sockets
+                    .get_mut::<tcp::Socket>(handle)
+                    .set_keep_alive(Some(ka.interval().into()));
+                self.ka_armed.push(handle);
+            }
+        }
+        self.probing.retain(|h| self.ka_armed.contains(h));
         if self.next_ka_scan.is_some_and(|t| t <= now) {
             self.keepalive_scan(sockets, now);
         }
@@ -905,9 +934,11 @@ impl Tcp {
     /// the socket last sent or received, and restarts that interval with every segment.
     /// Linux (RFC 1122 §4.2.3.6) waits `idle` for the first probe and `interval` between
     /// probes. So the knob stays at `idle`, except during the pass in which a probe is
-    /// due: then it is set to `interval`, the probe goes out and restarts smoltcp's timer
-    /// at `interval`, and before the next ingress the knob returns to `idle`, so a reply
-    /// from the peer restarts it at `idle` again.
+    /// due (from [`KEEPALIVE_LEAD`] before it): then it is set to `interval`, the probe
+    /// goes out and restarts smoltcp's timer at `interval`. Before each ingress the knob
+    /// returns to `idle`, so a reply from the peer restarts it at `idle` again; while the
+    /// peer stays silent, every egress sets it to `interval` again (`before_egress`), so
+    /// each later probe restarts the timer at `interval` whenever smoltcp sends it.
     fn keepalive_scan(&mut self, sockets: &mut SocketSet<'static>, now: Instant) {
         let watch = self.watch.borrow();
         let mut next: Option<Instant> = None;
@@ -924,16 +955,20 @@ impl Tcp {
             let Some(due) = watch.probe_due(&meta.tuple, ka.idle(), ka.interval()) else {
                 continue;
             };
-            let at = if due <= now {
+            let at = if due <= now + KEEPALIVE_LEAD {
+                // Armed a moment early: smoltcp's clock may reach its own deadline first.
                 sockets
                     .get_mut::<tcp::Socket>(handle)
                     .set_keep_alive(Some(ka.interval().into()));
                 self.ka_armed.push(handle);
+                if !self.probing.contains(&handle) {
+                    self.probing.push(handle);
+                }
                 // smoltcp's own timer sends the probe; look again shortly if it was not
                 // quite due by smoltcp's reckoning.
                 now + ka.interval().min(Duration::from_millis(10))
             } else {
-                due
+                due - KEEPALIVE_LEAD
             };
             sooner(&mut next, at);
         }
