@@ -6,8 +6,8 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tapnet_tests::{
-    STACK_ADDR, TempDir, TestResult, check, in_netns, kernel_side_up, pcap_frames, plain, root,
-    run, wait_bounded,
+    TempDir, TestResult, check, in_netns, kernel_ping, kernel_side_up, pcap_frames, plain, root,
+    wait_bounded,
 };
 
 mod common;
@@ -236,18 +236,7 @@ fn up_on_tap() -> TestResult {
                 tapnet_tests::ip(&["link", "show", "tap0"]).is_ok()
             })?;
             kernel_side_up("tap0")?;
-            let ping = run(
-                Command::new("ping").args([
-                    "-c",
-                    "2",
-                    "-i",
-                    "0.2",
-                    "-W",
-                    "2",
-                    &STACK_ADDR.to_string(),
-                ]),
-                Duration::from_secs(15),
-            );
+            let ping = kernel_ping(2, None);
             kill(pid, signal)?;
             let out = wait_bounded(child, Duration::from_secs(10))?;
             let ping = ping?;

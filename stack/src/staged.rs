@@ -9,6 +9,9 @@ use std::collections::VecDeque;
 
 use smoltcp::phy::{self, Device, DeviceCapabilities};
 use smoltcp::time::Instant;
+use smoltcp::wire::{EthernetFrame, IpProtocol, Ipv4Packet};
+
+use crate::reassembly;
 
 /// The frames of one pass, and spare buffers to reuse, so a pass allocates nothing once
 /// warm.
@@ -185,48 +188,46 @@ fn mend_icmp_fragments(tx: &mut Vec<Vec<u8>>, held: &mut Vec<Vec<u8>>) {
 /// Whether `frame` is a fragment of an IPv4 datagram carrying ICMP, and if so whether it
 /// is the last (More Fragments clear).
 fn icmp_fragment(frame: &[u8]) -> Option<bool> {
-    let ip = frame.get(14..34)?;
-    let flags = u16::from_be_bytes([ip[6], ip[7]]);
-    let (more, offset) = (flags & 0x2000 != 0, flags & 0x1fff);
-    (frame[12..14] == [0x08, 0x00] && ip[9] == 1 && (more || offset != 0)).then_some(!more)
-}
-
-/// The IPv4 payload of `frame`, and its offset in the datagram (in bytes).
-fn ipv4_payload(frame: &[u8]) -> Option<(usize, std::ops::Range<usize>)> {
-    let header = usize::from(frame.get(14)? & 0x0f) * 4;
-    let total = usize::from(u16::from_be_bytes([*frame.get(16)?, *frame.get(17)?]));
-    let offset = usize::from(u16::from_be_bytes([frame[20], frame[21]]) & 0x1fff) * 8;
-    let range = 14 + header..14 + total;
-    (header >= 20 && range.end <= frame.len()).then_some((offset, range))
+    if !reassembly::is_fragment(frame) {
+        return None;
+    }
+    let ip = Ipv4Packet::new_checked(EthernetFrame::new_checked(frame).ok()?.payload()).ok()?;
+    (ip.next_header() == IpProtocol::Icmp).then_some(!ip.more_frags())
 }
 
 /// Sets the ICMP checksum in the first of `fragments`, computed over all of them: the
 /// fragments of one datagram, in order. Left as they are unless they tile it from 0.
 fn set_icmp_checksum(fragments: &mut [Vec<u8>]) {
-    let mut sum = 0u32;
-    let mut next = 0;
+    let (mut sum, mut next, mut ident) = (0u32, 0, None);
     for frame in fragments.iter() {
-        let Some((offset, range)) = ipv4_payload(frame) else {
+        let Some(packet) = EthernetFrame::new_checked(&frame[..])
+            .ok()
+            .and_then(|eth| Ipv4Packet::new_checked(eth.payload()).ok())
+        else {
             return;
         };
-        if offset != next || frame[18..20] != fragments[0][18..20] {
+        if usize::from(packet.frag_offset()) != next
+            || *ident.get_or_insert(packet.ident()) != packet.ident()
+        {
             return; // Not the pieces of one datagram, in order.
         }
-        next += range.len();
+        next += packet.payload().len();
         // Every piece but the last is a multiple of 8 bytes, so 16-bit words line up.
-        for word in frame[range].chunks(2) {
+        for word in packet.payload().chunks(2) {
             sum += u32::from(u16::from_be_bytes([word[0], *word.get(1).unwrap_or(&0)]));
         }
     }
-    let Some((_, first)) = ipv4_payload(&fragments[0]) else {
-        return;
-    };
-    if first.len() < 8 {
+    // Where the first fragment's IPv4 payload (the ICMP header) begins.
+    let start = EthernetFrame::<&[u8]>::header_len() + usize::from(fragments[0][14] & 0x0f) * 4;
+    if fragments[0].len() < start + 8 {
         return;
     }
-    let field = first.start + 2..first.start + 4;
-    let old = u16::from_be_bytes([fragments[0][field.start], fragments[0][field.start + 1]]);
-    sum -= u32::from(old); // The sum is of the message with its checksum field zero.
+    // The sum is of the message with its checksum field (bytes 2 and 3) zero.
+    let field = start + 2..start + 4;
+    sum -= u32::from(u16::from_be_bytes([
+        fragments[0][field.start],
+        fragments[0][field.start + 1],
+    ]));
     while sum > 0xffff {
         sum = (sum & 0xffff) + (sum >> 16);
     }

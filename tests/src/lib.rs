@@ -110,6 +110,18 @@ pub fn kernel_side_up(name: &str) -> TestResult {
     ip(&["link", "set", name, "up"])
 }
 
+/// The kernel's `ping` at the stack ([`STACK_ADDR`]), from inside the test's namespace:
+/// `count` requests 0.2 s apart, each waited for 2 s, with `-s size` when given.
+pub fn kernel_ping(count: u32, size: Option<usize>) -> Result<Output, Failed> {
+    let mut cmd = Command::new("ping");
+    cmd.args(["-c", &count.to_string(), "-i", "0.2", "-W", "2"]);
+    if let Some(size) = size {
+        cmd.args(["-s", &size.to_string()]);
+    }
+    cmd.arg(STACK_ADDR.to_string());
+    run(&mut cmd, Duration::from_secs(5 + 3 * u64::from(count)))
+}
+
 /// Runs a command to completion, killing it if it outlives `timeout`.
 pub fn run(cmd: &mut Command, timeout: Duration) -> Result<Output, Failed> {
     let child = cmd

@@ -12,8 +12,8 @@ use smoltcp::wire::{
 };
 use stack::{Stack, StackConfig};
 use tapnet_tests::{
-    KERNEL_ADDR, STACK_ADDR, TempDir, TestResult, check, in_netns, ip, kernel_side_up, pcap_frames,
-    root, run,
+    KERNEL_ADDR, STACK_ADDR, TempDir, TestResult, check, in_netns, ip, kernel_ping, kernel_side_up,
+    pcap_frames, root, run,
 };
 
 fn main() {
@@ -56,10 +56,7 @@ fn ping_and_pcap() -> TestResult {
         let tap = Tap::open("tap0", &TapOptions::default())?;
         kernel_side_up("tap0")?;
         let stack = Stack::new(Capture::new(tap, PcapFile::create(&pcap)?), stack_config())?;
-        let out = run(
-            Command::new("ping").args(["-c", "3", "-i", "0.2", "-W", "2", &STACK_ADDR.to_string()]),
-            Duration::from_secs(20),
-        )?;
+        let out = kernel_ping(3, None)?;
         let text = String::from_utf8_lossy(&out.stdout);
         check!(
             out.status.success(),
@@ -148,27 +145,14 @@ fn ping_and_pcap() -> TestResult {
 /// in fragments, the stack reassembles it (RFC 1122 §3.3.2) and fragments its reply
 /// (RFC 791 §2.3), as the pcap shows: three pieces each way, offsets in 8-byte units.
 fn large_ping() -> TestResult {
-    const SIZE: &str = "4000";
+    const SIZE: usize = 4000;
     let dir = TempDir::new("bigping")?;
     let pcap = dir.join("bigping.pcap");
     in_netns(|| {
         let tap = Tap::open("tap0", &TapOptions::default())?;
         kernel_side_up("tap0")?;
         let _stack = Stack::new(Capture::new(tap, PcapFile::create(&pcap)?), stack_config())?;
-        let out = run(
-            Command::new("ping").args([
-                "-c",
-                "2",
-                "-i",
-                "0.2",
-                "-W",
-                "2",
-                "-s",
-                SIZE,
-                &STACK_ADDR.to_string(),
-            ]),
-            Duration::from_secs(20),
-        )?;
+        let out = kernel_ping(2, Some(SIZE))?;
         let text = String::from_utf8_lossy(&out.stdout);
         check!(
             out.status.success() && text.contains("2 received"),
@@ -176,10 +160,7 @@ fn large_ping() -> TestResult {
             String::from_utf8_lossy(&out.stderr)
         );
         check!(
-            text.contains(&format!(
-                "{} bytes from {STACK_ADDR}",
-                SIZE.parse::<usize>()? + 8
-            )),
+            text.contains(&format!("{} bytes from {STACK_ADDR}", SIZE + 8)),
             "the replies are not whole: {text}"
         );
         Ok(())
@@ -230,10 +211,7 @@ fn large_ping() -> TestResult {
             next = offset + len;
         }
         // ICMP header (8) + the data.
-        check!(
-            next == 8 + SIZE.parse::<usize>()?,
-            "reassembled {next} bytes: {pieces:?}"
-        );
+        check!(next == 8 + SIZE, "reassembled {next} bytes: {pieces:?}");
     }
     Ok(())
 }
@@ -310,10 +288,7 @@ fn existing_tap() -> TestResult {
         check!(tap.mtu() == 1400, "MTU {} instead of 1400", tap.mtu());
         kernel_side_up("labtap")?;
         let _stack = Stack::new(tap, stack_config())?;
-        let out = run(
-            Command::new("ping").args(["-c", "1", "-W", "2", &STACK_ADDR.to_string()]),
-            Duration::from_secs(10),
-        )?;
+        let out = kernel_ping(1, None)?;
         check!(
             out.status.success(),
             "ping through the attached TAP: {:?}",
