@@ -24,6 +24,7 @@ mod sockets;
 mod staged;
 mod table;
 mod tcp;
+mod time_wait;
 mod trace;
 mod wait;
 mod watch;

@@ -26,7 +26,7 @@ use std::time::Instant;
 
 use crate::Stack;
 use crate::tcp::{State, TcpInfo, conn_info};
-use crate::watch::TIME_WAIT;
+use crate::time_wait::TIME_WAIT;
 
 /// One row of the socket table.
 #[derive(Debug, Clone, PartialEq)]

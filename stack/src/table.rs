@@ -30,9 +30,10 @@ use smoltcp::socket::tcp;
 use smoltcp::wire::{IpEndpoint, IpListenEndpoint};
 
 use crate::tcp::{KeepAlive, State};
+use crate::time_wait::TIME_WAIT;
 use crate::trace::reason;
 use crate::wait::WaitList;
-use crate::watch::{TIME_WAIT, Tuple, Watch};
+use crate::watch::{Tuple, Watch};
 
 /// LISTEN sockets kept armed per listener (when the backlog has room). The driver
 /// re-arms after every SYN, so two leave a spare.
@@ -447,6 +448,10 @@ impl Tcp {
     pub(crate) fn orphan(&mut self, handle: SocketHandle, now: Instant) {
         if let Some(meta) = self.conns.get_mut(&handle) {
             meta.orphan = true;
+            // A connection that finished before its last handle went (the peer's FIN
+            // came first: TIME-WAIT) is freed after the next pass, not at the next chore;
+            // a client churning through connections would otherwise hold hundreds.
+            self.watch.get_mut().look_again(&meta.tuple);
             self.schedule_chores(now + ORPHAN_TICK);
         }
     }
@@ -1067,11 +1072,10 @@ impl Tcp {
     /// The timed chores: CLOSE-WAIT warnings, finished and stuck orphans.
     fn chores(&mut self, sockets: &mut SocketSet<'static>, now: Instant) {
         self.next_chores = None;
-        let (over, next) = self.watch.get_mut().expire_time_waits(now);
-        for tuple in over {
-            self.trace_state(tuple, State::TimeWait, State::Closed, true, false);
+        while let Some(over) = self.watch.get_mut().expire_time_wait(now) {
+            self.trace_state(over, State::TimeWait, State::Closed, true, false);
         }
-        if let Some(at) = next {
+        if let Some(at) = self.watch.get_mut().next_time_wait_end() {
             self.schedule_chores(at);
         }
         let handles: Vec<SocketHandle> = self.conns.keys().copied().collect();

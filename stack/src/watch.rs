@@ -69,6 +69,7 @@ use netdev::arp_of;
 use smoltcp::phy::{self, Device, DeviceCapabilities};
 
 use crate::reassembly::{self, Reassembly};
+use crate::time_wait::{TimeWait, TimeWaits};
 use crate::trace::{Dir, Isns, Note, Trace};
 use smoltcp::phy::ChecksumCapabilities;
 use smoltcp::wire::{
@@ -485,7 +486,7 @@ pub(crate) struct Watch {
     /// Addresses our ARP requests asked about, and when (a reply is welcome a while).
     arp_asked: HashMap<Ipv4Addr, Instant>,
     /// Closed connections in TIME-WAIT, kept as a few numbers instead of a socket.
-    time_wait: HashMap<Tuple, TimeWait>,
+    time_wait: TimeWaits,
     /// Frames the watch itself sends (the ACK of a FIN in TIME-WAIT), for the driver.
     replies: Vec<Vec<u8>>,
     /// SYNs for a listener that can take none right now, held for the places its
@@ -500,30 +501,6 @@ pub(crate) struct Watch {
     /// A released SYN is on its way through: it is not held twice.
     replaying: bool,
 }
-
-/// A connection in TIME-WAIT after its socket was freed: what it takes to answer a
-/// retransmitted FIN (RFC 9293 §3.10.7.4: acknowledge it and restart the timer) and to
-/// keep the 4-tuple from being reused too soon (RFC 9293 §3.6.1). Linux does the same
-/// with its `inet_timewait_sock`; smoltcp would hold the whole socket, buffers and all.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct TimeWait {
-    /// When the wait ends ([`TIME_WAIT`] after it began, or after the last FIN).
-    pub(crate) until: Instant,
-    /// Our next sequence number (one past our FIN) and the peer's (one past its FIN).
-    snd_nxt: TcpSeqNumber,
-    rcv_nxt: TcpSeqNumber,
-    /// Our last window field, raw.
-    window: u16,
-}
-
-/// TIME-WAIT lasts as long as smoltcp's own (its `CLOSE_DELAY`): 10 s, short of RFC
-/// 9293's 2 MSL, as many stacks choose.
-pub(crate) const TIME_WAIT: Duration = Duration::from_secs(10);
-/// The most TIME-WAIT records kept; beyond, the oldest goes, as Linux's
-/// `tcp_max_tw_buckets` does. As many as the ephemeral ports, so a client churning
-/// through them all at once keeps each one's wait. The table takes its full size (about
-/// 1 MiB) at its first record, so churn does not grow memory as it fills.
-const MAX_TIME_WAIT: usize = 16_384;
 
 /// What the watch made of one segment, for its trace line.
 #[derive(Default)]
@@ -610,47 +587,14 @@ impl Watch {
         };
         let shift = wire.our_shift.unwrap_or(0).min(14);
         let window = (wire.our_window >> shift).min(u32::from(u16::MAX)) as u16;
-        if self.time_wait.capacity() == 0 {
-            // The whole table now, written once so its memory is resident from the first
-            // record: churn then leaves the process's footprint flat.
-            self.time_wait.reserve(MAX_TIME_WAIT);
-            let filler = TimeWait {
-                until: now,
-                snd_nxt: TcpSeqNumber(0),
-                rcv_nxt: TcpSeqNumber(0),
-                window: 0,
-            };
-            for port in 0..MAX_TIME_WAIT as u16 {
-                let end = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port);
-                self.time_wait.insert((end, end), filler);
-            }
-            self.time_wait.clear();
-        }
-        if self.time_wait.len() >= MAX_TIME_WAIT
-            && let Some(oldest) = self
-                .time_wait
-                .iter()
-                .min_by_key(|(_, t)| t.until)
-                .map(|(k, _)| *k)
-        {
-            self.time_wait.remove(&oldest);
-        }
-        self.time_wait.insert(
-            tuple,
-            TimeWait {
-                until: now + TIME_WAIT,
-                snd_nxt,
-                rcv_nxt,
-                window,
-            },
-        );
+        self.time_wait.enter(tuple, now, snd_nxt, rcv_nxt, window);
         self.active = true;
         true
     }
 
     /// Whether `tuple` is in TIME-WAIT (so a dial must not reuse it).
     pub(crate) fn in_time_wait(&self, tuple: &Tuple) -> bool {
-        self.time_wait.contains_key(tuple)
+        self.time_wait.contains(tuple)
     }
 
     /// Gives up the oldest TIME-WAIT from `local_ip` to `remote`, for a dial that finds
@@ -660,12 +604,7 @@ impl Watch {
         local_ip: Ipv4Addr,
         remote: SocketAddrV4,
     ) -> Option<Tuple> {
-        let tuple = self
-            .time_wait
-            .iter()
-            .filter(|((local, peer), _)| *local.ip() == local_ip && *peer == remote)
-            .min_by_key(|(_, t)| t.until)
-            .map(|(tuple, _)| *tuple)?;
+        let tuple = self.time_wait.oldest_to(local_ip, remote)?;
         self.time_wait.remove(&tuple);
         self.update_active();
         Some(tuple)
@@ -676,19 +615,16 @@ impl Watch {
         self.time_wait.iter()
     }
 
-    /// Ends the TIME-WAITs that are over; returns their tuples, and when the next ends.
-    pub(crate) fn expire_time_waits(&mut self, now: Instant) -> (Vec<Tuple>, Option<Instant>) {
-        let mut over = Vec::new();
-        self.time_wait.retain(|tuple, t| {
-            let keep = t.until > now;
-            if !keep {
-                over.push(*tuple);
-            }
-            keep
-        });
+    /// Ends the next TIME-WAIT that is over by `now`, if one is; returns its tuple.
+    pub(crate) fn expire_time_wait(&mut self, now: Instant) -> Option<Tuple> {
+        let over = self.time_wait.expire_next(now);
         self.update_active();
-        let next = self.time_wait.values().map(|t| t.until).min();
-        (over, next)
+        over
+    }
+
+    /// When the next TIME-WAIT ends.
+    pub(crate) fn next_time_wait_end(&self) -> Option<Instant> {
+        self.time_wait.next_end()
     }
 
     /// Frames the watch sends itself, for the driver to put on the wire.
@@ -707,17 +643,18 @@ impl Watch {
         frame: &[u8],
         now: Instant,
     ) -> Verdict {
-        let Some(tw) = self.time_wait.get_mut(&tuple) else {
+        if !self.time_wait.contains(&tuple) {
             return Verdict::Pass;
-        };
+        }
         if seg.syn && seg.ack.is_none() && !seg.rst {
             self.time_wait.remove(&tuple);
             self.update_active();
             return Verdict::Pass;
         }
-        if seg.fin && !seg.rst {
-            tw.until = now + TIME_WAIT;
-            let tw = *tw;
+        if seg.fin
+            && !seg.rst
+            && let Some(tw) = self.time_wait.restart(tuple, now)
+        {
             if let Some(ack) = reply_ack(frame, tw.snd_nxt, tw.rcv_nxt, tw.window) {
                 self.replies.push(ack);
             }
@@ -822,6 +759,14 @@ impl Watch {
         std::mem::take(&mut self.touched)
     }
 
+    /// Has the driver bring `tuple`'s record up to date after the next pass, as if a
+    /// segment had come.
+    pub(crate) fn look_again(&mut self, tuple: &Tuple) {
+        if let Some(wire) = self.conns.get_mut(tuple) {
+            Self::touch(&mut self.touched, *tuple, wire);
+        }
+    }
+
     /// Whether the peer has been silent long enough for the next keepalive probe.
     pub(crate) fn probe_due(
         &self,
@@ -914,7 +859,7 @@ impl Watch {
         };
         // Arriving, the segment's destination is our end.
         let tuple = (seg.dst, seg.src);
-        if !self.time_wait.is_empty() && self.time_wait.contains_key(&tuple) {
+        if !self.time_wait.is_empty() && self.time_wait.contains(&tuple) {
             return self.time_wait_segment(tuple, &seg, frame, now);
         }
         if let Some(wire) = self.conns.get_mut(&tuple) {
@@ -1934,23 +1879,6 @@ mod tests {
         assert_eq!(watch.held_for(addr, port), 1);
         let ((_, peer), _, _) = &watch.held[0];
         assert_eq!(peer.port(), 1);
-    }
-
-    #[test]
-    fn time_wait_records_stop_at_16384_and_the_oldest_goes_first() {
-        let (mut watch, now) = watch(10);
-        let wire = watch.get(&(US, PEER)).unwrap().clone();
-        let peer = |port: u16| SocketAddrV4::new(*PEER.ip(), port);
-        let tick = Duration::from_micros(1);
-        for (i, port) in (1..=MAX_TIME_WAIT as u16 + 1).enumerate() {
-            watch.conns.insert((US, peer(port)), wire.clone());
-            assert!(watch.enter_time_wait((US, peer(port)), now + tick * i as u32));
-        }
-        // One more than the table holds: the record entered first made room.
-        assert_eq!(watch.time_waits().count(), MAX_TIME_WAIT);
-        assert!(!watch.in_time_wait(&(US, peer(1))));
-        assert!(watch.in_time_wait(&(US, peer(2))));
-        assert!(watch.in_time_wait(&(US, peer(MAX_TIME_WAIT as u16 + 1))));
     }
 
     #[test]

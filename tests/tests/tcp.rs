@@ -29,6 +29,10 @@ fn main() {
         plain("wire::refused_and_errors_name_both_ends", wire_refused),
         plain("wire::a_second_listen_is_addr_in_use", wire_addr_in_use),
         plain("wire::ephemeral_ports_rotate", wire_ephemeral_ports),
+        plain(
+            "wire::time_wait_frees_the_socket_as_the_last_handle_goes",
+            wire_time_wait_on_drop,
+        ),
         plain("wire::close_wait_is_visible_and_warned", wire_close_wait),
         plain(
             "wire::shutdown_read_discards_later_data",
@@ -365,6 +369,39 @@ fn wire_ephemeral_ports() -> TestResult {
         );
         listener.accept_timeout(Duration::from_secs(5))?;
     }
+    Ok(())
+}
+
+/// A connection that reached TIME-WAIT while still held (the peer's FIN came before the
+/// last handle went, as when a client closes and the server closes at once) gives up its
+/// socket with the driver's next pass once the handle goes, not at its next timed chore
+/// (200 ms later): a client churning through a thousand connections a second would
+/// otherwise hold hundreds of sockets, buffers and all. The next dial takes a few passes
+/// on the wire, so by its end the old socket must be gone and only its record left.
+fn wire_time_wait_on_drop() -> TestResult {
+    let (alice, bob, _) = wire_pair(config("10.0.0.1/24"), config("10.0.0.2/24"))?;
+    let baseline = alice.tcp_socket_count();
+    let listener = bob.listen("0.0.0.0:7".parse()?)?;
+    let conn = alice.dial("10.0.0.2:7".parse()?)?;
+    let (accepted, _) = listener.accept_timeout(Duration::from_secs(5))?;
+    let held = conn.try_clone()?;
+    conn.close()?;
+    accepted.close()?;
+    eventually(
+        Duration::from_secs(5),
+        "alice's end in TIME-WAIT, still held",
+        || held.state() == State::TimeWait,
+    )?;
+    check!(alice.tcp_socket_count() == baseline + 1);
+    drop(held);
+    let next = alice.dial("10.0.0.2:7".parse()?)?;
+    check!(
+        alice.tcp_socket_count() == baseline + 1 && alice.time_wait_count() == 1,
+        "after the next dial: {} sockets (baseline {baseline}), {} TIME-WAIT records",
+        alice.tcp_socket_count(),
+        alice.time_wait_count()
+    );
+    drop(next);
     Ok(())
 }
 
