@@ -56,7 +56,7 @@ fn demo() -> TestResult {
         "bob   -> alice  ARP reply 10.0.0.2 is-at 02:00:00:00:00:02",
         "alice -> bob    ICMP echo request 10.0.0.1 > 10.0.0.2",
         "bob   -> alice  ICMP echo reply 10.0.0.2 > 10.0.0.1",
-        "reply from 10.0.0.2: seq=3 time=",
+        "64 bytes from 10.0.0.2: seq=3 time=",
         "3 sent, 3 received, 0% loss",
         "rtt min/avg/max = ",
     ] {
@@ -73,6 +73,10 @@ fn demo_fragments() -> TestResult {
     let (code, out, err) = tapnet(&["demo", "ping", "-c", "2", "-i", "50ms", "-s", "4000"])?;
     check!(code == 0, "exit {code}: {err}");
     check!(out.contains("2 sent, 2 received, 0% loss"), "{out}");
+    check!(
+        out.contains("4008 bytes from 10.0.0.2: seq=2 time="),
+        "{out}"
+    );
     for (way, what) in [
         (
             "alice -> bob    IPv4 fragment 10.0.0.1 > 10.0.0.2 ICMP id ",
@@ -108,8 +112,8 @@ fn outcomes(seed: &str) -> Result<Vec<bool>, tapnet_tests::Failed> {
     ])?;
     let got: Vec<bool> = out
         .lines()
-        .filter(|l| l.contains("reply from") || l.contains("no reply within"))
-        .map(|l| l.contains("reply from"))
+        .filter(|l| l.contains("bytes from") || l.contains("no reply within"))
+        .map(|l| l.contains("bytes from"))
         .collect();
     check!(got.len() == 8, "8 outcomes expected:\n{out}{err}");
     Ok(got)

@@ -70,9 +70,11 @@ pub fn run(args: &DemoArgs) -> io::Result<ExitCode> {
         }
         match pinger.ping(args.timeout) {
             Ok(rtt) => {
+                // As ping counts: the ICMP message, its 8-byte header and the data.
                 say!(
-                    "{:>9.3} ms  reply from {target}: seq={} time={:.3} ms",
+                    "{:>9.3} ms  {} bytes from {target}: seq={} time={:.3} ms",
                     start.elapsed().as_secs_f64() * 1e3,
+                    usize::from(args.size) + 8,
                     pinger.seq(),
                     rtt.as_secs_f64() * 1e3
                 );
