@@ -1,6 +1,7 @@
 //! `tapnet ss` against running apps on a TAP in a private namespace, checked field by
-//! field: the echo server with two kernel clients, a proxy that leaves a connection in
-//! CLOSE-WAIT, `tapnet up` and its control socket's permissions, and no stack at all.
+//! field: the echo server with two kernel clients, a half-open connection (SYN-RECV), a
+//! proxy that leaves a connection in CLOSE-WAIT, `tapnet up` and its control socket's
+//! permissions, and no stack at all.
 //!
 //! Every test has its own `XDG_RUNTIME_DIR`, given to the app and to `tapnet ss` on their
 //! command lines' environment, so tests running side by side never see each other.
@@ -9,7 +10,7 @@ mod common;
 
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
@@ -21,6 +22,7 @@ use common::{TAPNET, tap_up};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use serde_json::Value;
+use tapnet_tests::raw::{self, RawPeer};
 use tapnet_tests::{
     Failed, KERNEL_ADDR, STACK_ADDR, TempDir, TestResult, check, eventually, in_netns, plain, root,
     run, run_text, wait_bounded,
@@ -39,6 +41,7 @@ fn main() {
             echo_table,
         ),
         root("ss_marks_a_close_wait_older_than_the_warning", close_wait),
+        root("ss_lists_a_half_open_connection_in_syn_recv", half_open),
         root(
             "up_serves_a_0600_control_socket_that_goes_when_it_stops",
             up_socket,
@@ -281,6 +284,50 @@ fn stale_socket() -> TestResult {
     check!(!dead.exists(), "the dead process's socket is still there");
     check!(!refused.exists(), "the socket nobody serves is still there");
     Ok(())
+}
+
+/// A SYN from an address nobody answers for (10.0.0.77, made up, in the namespace's own
+/// subnet): the stack's SYN-ACK waits on an ARP reply that never comes, so the connection
+/// stays half-open, and `ss` lists it in SYN-RECV as it lists the kernel's.
+fn half_open() -> TestResult {
+    const STRANGER_MAC: [u8; 6] = [0x02, 0x5f, 0x10, 0x0d, 0x00, 0x02];
+    let runtime = TempDir::new("ss-half-open")?;
+    in_netns(|| {
+        tap_up()?;
+        let app = Running::on_tap(&["echo"], &runtime.0)?;
+        let mut peer = RawPeer::open("tap0")?;
+        let echo = SocketAddrV4::new(STACK_ADDR, 7);
+        // A kernel client first: the app is up, and the raw peer learns its MAC.
+        let _client = connect(echo.into())?;
+        let frame = peer
+            .recv_matching(WAIT, |_| true)?
+            .ok_or("the app sent nothing the raw peer saw")?;
+        let stack_mac: [u8; 6] = frame[6..12].try_into()?;
+        app.wait_control(&runtime.0)?;
+        let stranger = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 77), 4242);
+        peer.send(&raw::syn(STRANGER_MAC, stack_mac, stranger, echo))?;
+        let want = Row {
+            state: "SYN-RECV".into(),
+            recv_q: 0,
+            send_q: 0,
+            local: echo.to_string(),
+            peer: stranger.to_string(),
+        };
+        let mut out = String::new();
+        eventually(WAIT, "a SYN-RECV line for the stranger", || {
+            out = ss_ok(&runtime.0, &[]).unwrap_or_default();
+            rows(&out).is_ok_and(|r| r.contains(&want))
+        })
+        .map_err(|e| format!("{}:\n{out}", e.message().unwrap_or_default()))?;
+        let json = ss_json(&runtime.0, &[])?;
+        check!(
+            json.iter().any(|e| e["state"] == "SYN-RECEIVED"
+                && e["peer"] == stranger.to_string().as_str()),
+            "{json:#?}"
+        );
+        app.stop()?;
+        Ok(())
+    })
 }
 
 fn echo_table() -> TestResult {

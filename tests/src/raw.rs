@@ -7,9 +7,15 @@
 //! those the stack sent. Use it inside the test's own namespace, on its own TAP.
 
 use std::io;
+use std::net::SocketAddrV4;
 use std::time::{Duration, Instant};
 
 use pnet_datalink::{Channel, Config, DataLinkReceiver, DataLinkSender, NetworkInterface};
+use smoltcp::phy::ChecksumCapabilities;
+use smoltcp::wire::{
+    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet,
+    Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
+};
 
 /// The raw peer on one interface.
 pub struct RawPeer {
@@ -97,4 +103,47 @@ impl RawPeer {
         }
         Ok(None)
     }
+}
+
+/// A SYN from `src` (at the MAC `src_mac`) to `dst` (at `dst_mac`) as Linux opens: MSS
+/// 1460, window scale 7, SACK permitted; sequence number 0, checksums filled.
+pub fn syn(src_mac: [u8; 6], dst_mac: [u8; 6], src: SocketAddrV4, dst: SocketAddrV4) -> Vec<u8> {
+    let tcp = TcpRepr {
+        src_port: src.port(),
+        dst_port: dst.port(),
+        control: TcpControl::Syn,
+        seq_number: TcpSeqNumber(0),
+        ack_number: None,
+        window_len: 64240,
+        window_scale: Some(7),
+        max_seg_size: Some(1460),
+        sack_permitted: true,
+        sack_ranges: [None; 3],
+        timestamp: None,
+        payload: &[],
+    };
+    let ip = Ipv4Repr {
+        src_addr: *src.ip(),
+        dst_addr: *dst.ip(),
+        next_header: IpProtocol::Tcp,
+        payload_len: tcp.buffer_len(),
+        hop_limit: 64,
+    };
+    let eth = EthernetRepr {
+        src_addr: EthernetAddress(src_mac),
+        dst_addr: EthernetAddress(dst_mac),
+        ethertype: EthernetProtocol::Ipv4,
+    };
+    let (eth_len, ip_len) = (eth.buffer_len(), ip.buffer_len());
+    let mut frame = vec![0u8; eth_len + ip_len + tcp.buffer_len()];
+    let caps = ChecksumCapabilities::default();
+    eth.emit(&mut EthernetFrame::new_unchecked(&mut frame[..]));
+    ip.emit(&mut Ipv4Packet::new_unchecked(&mut frame[eth_len..]), &caps);
+    tcp.emit(
+        &mut TcpPacket::new_unchecked(&mut frame[eth_len + ip_len..]),
+        &ip.src_addr.into(),
+        &ip.dst_addr.into(),
+        &caps,
+    );
+    frame
 }

@@ -16,13 +16,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use netdev::{Tap, TapOptions, WireOptions, wire};
-use smoltcp::phy::ChecksumCapabilities;
-use smoltcp::wire::{
-    EthernetAddress, EthernetFrame, EthernetProtocol, EthernetRepr, IpProtocol, Ipv4Packet,
-    Ipv4Repr, TcpControl, TcpPacket, TcpRepr, TcpSeqNumber,
-};
+use smoltcp::wire::{EthernetFrame, Ipv4Packet, TcpPacket, TcpSeqNumber};
 use stack::{SocketEntry, Stack, StackConfig, State, TcpListener, TcpStream};
-use tapnet_tests::raw::RawPeer;
+use tapnet_tests::raw::{self, RawPeer};
 use tapnet_tests::{
     Failed, STACK_ADDR, TestResult, check, eventually, in_netns, kernel_side_up, plain, root,
     run_text,
@@ -780,43 +776,14 @@ fn flood(
     count: usize,
     over: Duration,
 ) -> Result<(usize, Duration), Failed> {
-    let tcp = TcpRepr {
-        src_port: 1024,
-        dst_port: FLOOD_PORT,
-        control: TcpControl::Syn,
-        seq_number: TcpSeqNumber(0),
-        ack_number: None,
-        window_len: 64240,
-        window_scale: Some(7),
-        max_seg_size: Some(1460),
-        sack_permitted: true,
-        sack_ranges: [None; 3],
-        timestamp: None,
-        payload: &[],
-    };
-    let ip = Ipv4Repr {
-        src_addr: Ipv4Addr::new(10, 0, 0, 3),
-        dst_addr: STACK_ADDR,
-        next_header: IpProtocol::Tcp,
-        payload_len: tcp.buffer_len(),
-        hop_limit: 64,
-    };
-    let eth = EthernetRepr {
-        src_addr: EthernetAddress(FLOOD_MAC),
-        dst_addr: EthernetAddress(stack_mac),
-        ethertype: EthernetProtocol::Ipv4,
-    };
-    let (eth_len, ip_len) = (eth.buffer_len(), ip.buffer_len());
-    let mut frame = vec![0u8; eth_len + ip_len + tcp.buffer_len()];
-    let caps = ChecksumCapabilities::default();
-    eth.emit(&mut EthernetFrame::new_unchecked(&mut frame[..]));
-    ip.emit(&mut Ipv4Packet::new_unchecked(&mut frame[eth_len..]), &caps);
-    tcp.emit(
-        &mut TcpPacket::new_unchecked(&mut frame[eth_len + ip_len..]),
-        &ip.src_addr.into(),
-        &ip.dst_addr.into(),
-        &caps,
+    let mut frame = raw::syn(
+        FLOOD_MAC,
+        stack_mac,
+        SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 3), 1024),
+        SocketAddrV4::new(STACK_ADDR, FLOOD_PORT),
     );
+    let eth_len = EthernetFrame::<&[u8]>::header_len();
+    let ip_len = usize::from(Ipv4Packet::new_unchecked(&frame[eth_len..]).header_len());
 
     let started = Instant::now();
     let mut sent = 0;
