@@ -982,7 +982,7 @@ impl Tcp {
 
     /// After a pass: notes state changes of the connections that saw segments, frees
     /// finished orphans, runs chores that are due, and says when the driver must next run
-    /// for the TCP layer's own timers.
+    /// for the TCP layer's own timers (the watch's loss rechecks among them).
     pub(crate) fn after_poll(
         &mut self,
         sockets: &mut SocketSet<'static>,
@@ -1005,10 +1005,16 @@ impl Tcp {
             self.next_rearm = None;
             self.rearm(sockets, now);
         }
-        [self.next_ka_scan, self.next_chores, self.next_rearm]
-            .into_iter()
-            .flatten()
-            .min()
+        let recheck = self.watch.get_mut().next_loss_recheck();
+        [
+            self.next_ka_scan,
+            self.next_chores,
+            self.next_rearm,
+            recheck,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Brings one connection's record up to date with its socket.

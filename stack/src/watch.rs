@@ -40,7 +40,12 @@
 //!   waits out a retransmission timeout of a second or more. The peer's SACK blocks
 //!   (RFC 2018) say what it holds; when three segments sent after SND.UNA's arrived
 //!   (RFC 6675 §4), or all of a smaller flight but that one (RFC 5827), the watch
-//!   hands smoltcp the duplicate ACKs that make it send SND.UNA's segment again.
+//!   hands smoltcp the duplicate ACKs that make it send SND.UNA's segment again. Where
+//!   the peer's segments cannot tell, a timer of the watch's does (RFC 8985, RACK-TLP):
+//!   SND.UNA's segment is lost when data sent after it was SACKed a reordering window
+//!   ago (a quarter RTT), and its retransmission is lost when no ACK came for it
+//!   within twice the RTT; either way the driver hands smoltcp the duplicate ACKs at
+//!   that moment, rather than leave the loss to smoltcp's timeout (a second at least).
 //!
 //! It also **screens** what smoltcp would mishandle (see `tests/tests/hostile.rs`):
 //!
@@ -152,9 +157,12 @@ pub(crate) struct Wire {
     last_ack: Option<(TcpSeqNumber, u16)>,
     /// The peer's bare duplicate ACKs in a row (RFC 5681 §2), as smoltcp counts them.
     dup_acks: u8,
-    /// The last loss signal: the SND.UNA whose segment smoltcp was to send again, when,
-    /// and whether it has gone out.
-    recovery: Option<(TcpSeqNumber, Instant, bool)>,
+    /// The last loss signal, while acted on.
+    recovery: Option<Recovery>,
+    /// Later data SACKed while SND.UNA's segment is not, too little of it to call that
+    /// segment lost by count: the SND.UNA, when first seen so, and the peer's segment
+    /// that showed it, bare (the template of duplicate ACKs).
+    suspect: Option<(TcpSeqNumber, Instant, Vec<u8>)>,
     /// What the peer's SACK blocks say it holds above SND.UNA (RFC 6675 §3's
     /// scoreboard): sorted, disjoint ranges [left, right).
     sacked: Vec<(TcpSeqNumber, TcpSeqNumber)>,
@@ -162,6 +170,27 @@ pub(crate) struct Wire {
     /// watch set off when SACK showed a loss.
     pub(crate) fast_retransmits: u64,
 }
+
+/// A loss signal: smoltcp was made to send SND.UNA's segment again.
+#[derive(Debug, Clone)]
+struct Recovery {
+    /// The SND.UNA whose segment is to go again.
+    una: TcpSeqNumber,
+    /// When the signal was given.
+    at: Instant,
+    /// When the retransmission went out, once it has.
+    sent: Option<Instant>,
+    /// Signals given again because no ACK came for the retransmission (see
+    /// [`Wire::recheck_due`]).
+    rechecks: u8,
+    /// The peer's segment that gave the signal, bare: the template of the duplicate
+    /// ACKs a recheck hands smoltcp. Empty when there is none.
+    template: Vec<u8>,
+}
+
+/// How many times in a row the watch signals a loss again for one SND.UNA by its own
+/// timer; after that smoltcp's retransmission timeout takes over.
+const MAX_RECHECKS: u8 = 3;
 
 impl Wire {
     fn new(now: Instant) -> Wire {
@@ -197,6 +226,7 @@ impl Wire {
             last_ack: None,
             dup_acks: 0,
             recovery: None,
+            suspect: None,
             sacked: Vec::new(),
             fast_retransmits: 0,
         }
@@ -322,6 +352,7 @@ impl Wire {
     fn loss_detected(
         &mut self,
         seg: &Segment,
+        frame: &[u8],
         took: (TcpSeqNumber, u16, bool),
         smoltcp_takes: bool,
         now: Instant,
@@ -337,7 +368,7 @@ impl Wire {
             if bare && repeat && ack < max {
                 self.dup_acks = self.dup_acks.saturating_add(1);
                 if self.dup_acks == 3 {
-                    self.recovery = Some((ack, now, false));
+                    self.signal(ack, headers_of(frame), now);
                     return false;
                 }
             } else {
@@ -365,10 +396,17 @@ impl Wire {
         }
         let in_flight = self.flight.len();
         if held < 3 && !(in_flight < 4 && held > 0 && held + 1 >= in_flight) {
+            // Data sent after SND.UNA's segment arrived: it is lost if no ACK for it
+            // comes within a reordering window (RFC 8985 §6.2), which the timer keeps.
+            if self.recovery.as_ref().is_none_or(|r| r.una != ack)
+                && self.suspect.as_ref().is_none_or(|(una, ..)| *una != ack)
+            {
+                self.suspect = Some((ack, now, headers_of(frame)));
+            }
             return false;
         }
-        if let Some((at_ack, at, _)) = self.recovery
-            && at_ack == ack
+        if let Some(Recovery { una, at, .. }) = self.recovery
+            && una == ack
         {
             let rtt = self.srtt.unwrap_or(Duration::from_secs(1));
             let wait = rtt + (rtt / 4).max(Duration::from_millis(5));
@@ -376,8 +414,73 @@ impl Wire {
                 return false;
             }
         }
-        self.recovery = Some((ack, now, false));
+        self.signal(ack, headers_of(frame), now);
         true
+    }
+
+    /// Notes a loss signal for `una`'s segment; `template` is the peer's segment that
+    /// gave it, bare.
+    fn signal(&mut self, una: TcpSeqNumber, template: Vec<u8>, now: Instant) {
+        let rechecks = match &self.recovery {
+            Some(r) if r.una == una => r.rechecks,
+            _ => 0,
+        };
+        self.recovery = Some(Recovery {
+            una,
+            at: now,
+            sent: None,
+            rechecks,
+            template,
+        });
+    }
+
+    /// When the watch's timer signals a loss the peer's segments have not: SND.UNA's
+    /// segment, once a reordering window (a quarter of the smoothed RTT, RFC 8985 §6.2)
+    /// has passed since data sent after it was SACKed; or the retransmission of a loss
+    /// signal, when no ACK came for it within twice the smoothed RTT (RFC 8985 §7.2's
+    /// probe timeout), doubled for each recheck before. Either is otherwise found only
+    /// if more data goes out for the peer to SACK, and in a small flight, or with the
+    /// peer's window full, none does: smoltcp would wait out its retransmission
+    /// timeout, a second at least.
+    fn recheck_due(&self) -> Option<Instant> {
+        let (una, _) = self.taken?;
+        let srtt = self.srtt?;
+        match (&self.recovery, &self.suspect) {
+            (Some(r), _) if r.una == una => {
+                if r.rechecks >= MAX_RECHECKS || r.template.is_empty() {
+                    return None;
+                }
+                let pto = (2 * srtt).max(Duration::from_millis(10));
+                Some(r.sent? + pto * (1 << r.rechecks))
+            }
+            (_, Some((at, since, template)))
+                if *at == una && !template.is_empty() && !self.sacked.is_empty() =>
+            {
+                Some(*since + (srtt / 4).max(Duration::from_millis(5)))
+            }
+            _ => None,
+        }
+    }
+
+    /// Signals the loss, if its recheck is due by `now`: the duplicate ACKs that make
+    /// smoltcp send SND.UNA's segment, for the watch to hand it.
+    fn recheck(&mut self, now: Instant) -> Option<Vec<Vec<u8>>> {
+        if self.recheck_due()? > now {
+            return None;
+        }
+        let (seq, (_, window), (una, _)) = (self.rcv_nxt?, self.last_ack?, self.taken?);
+        match &mut self.recovery {
+            Some(r) if r.una == una => {
+                (r.at, r.sent) = (now, None);
+                r.rechecks += 1;
+            }
+            _ => {
+                let (_, _, template) = self.suspect.take()?;
+                self.signal(una, template, now);
+            }
+        }
+        let r = self.recovery.as_ref()?;
+        Some(dup_acks(&r.template, seq, una, window))
     }
 
     /// Adds `seg`'s SACK blocks to the scoreboard, which keeps only what lies between
@@ -500,6 +603,9 @@ pub(crate) struct Watch {
     reassembly: Reassembly,
     /// A released SYN is on its way through: it is not held twice.
     replaying: bool,
+    /// Connections whose loss signal's retransmission has gone out: when no ACK comes
+    /// for it, the watch signals again (see [`Wire::recheck_due`]).
+    rechecking: Vec<Tuple>,
 }
 
 /// What the watch made of one segment, for its trace line.
@@ -759,6 +865,45 @@ impl Watch {
         std::mem::take(&mut self.touched)
     }
 
+    /// Signals again each loss whose retransmission got no ACK in time (see
+    /// [`Wire::recheck_due`]): the duplicate ACKs go to smoltcp ahead of the device's
+    /// next frame.
+    pub(crate) fn recheck_losses(&mut self, now: Instant) {
+        let mut i = 0;
+        while let Some(&tuple) = self.rechecking.get(i) {
+            let Some(wire) = self.conns.get_mut(&tuple) else {
+                self.rechecking.swap_remove(i);
+                continue;
+            };
+            match wire.recheck_due() {
+                Some(due) if due > now => i += 1,
+                Some(_) => {
+                    if let Some(dups) = wire.recheck(now) {
+                        log::debug!(
+                            "{} -> {}: no ACK for the retransmission of {}: again",
+                            tuple.0,
+                            tuple.1,
+                            wire.taken.map_or(0, |(una, _)| una.0)
+                        );
+                        self.salvaged.extend(dups);
+                    }
+                    self.rechecking.swap_remove(i);
+                }
+                None => {
+                    self.rechecking.swap_remove(i);
+                }
+            }
+        }
+    }
+
+    /// When [`Watch::recheck_losses`] must next run.
+    pub(crate) fn next_loss_recheck(&self) -> Option<Instant> {
+        self.rechecking
+            .iter()
+            .filter_map(|tuple| self.conns.get(tuple)?.recheck_due())
+            .min()
+    }
+
     /// Has the driver bring `tuple`'s record up to date after the next pass, as if a
     /// segment had come.
     pub(crate) fn look_again(&mut self, tuple: &Tuple) {
@@ -954,7 +1099,7 @@ impl Watch {
                 }
                 if let Some((ack, window, bare, seq)) = took
                     && !seg.fin
-                    && wire.loss_detected(&seg, (ack, window, bare), !seen_only, now)
+                    && wire.loss_detected(&seg, frame, (ack, window, bare), !seen_only, now)
                 {
                     seen.note = seen.note.or(Some(Note::LossDetected));
                     log::debug!(
@@ -964,6 +1109,9 @@ impl Watch {
                         ack.0
                     );
                     self.salvaged.extend(dup_acks(frame, seq, ack, window));
+                }
+                if wire.recheck_due().is_some() && !self.rechecking.contains(&tuple) {
+                    self.rechecking.push(tuple);
                 }
             }
             Self::touch(&mut self.touched, tuple, wire);
@@ -1096,12 +1244,16 @@ impl Watch {
                 }
                 Some(max) if end <= max => {
                     wire.retransmits += 1;
-                    if let Some((una, _, sent @ false)) = &mut wire.recovery
-                        && *una == seg.seq
+                    if let Some(r) = &mut wire.recovery
+                        && r.una == seg.seq
+                        && r.sent.is_none()
                     {
                         // The retransmission a loss signal asked for, before any timer.
-                        *sent = true;
+                        r.sent = Some(now);
                         wire.fast_retransmits += 1;
+                        if !self.rechecking.contains(&tuple) {
+                            self.rechecking.push(tuple);
+                        }
                     }
                     seen.note = Some(Note::Retransmission);
                     wire.timing = None; // Karn: never time a retransmitted segment.
@@ -1288,6 +1440,12 @@ fn dup_acks(frame: &[u8], seq: TcpSeqNumber, ack: TcpSeqNumber, window: u16) -> 
             })
         })
         .collect()
+}
+
+/// The TCP segment in `frame` cut down to its headers (see [`copy_segment`]); empty if
+/// `frame` is not a well-formed IPv4 TCP segment.
+fn headers_of(frame: &[u8]) -> Vec<u8> {
+    copy_segment(frame, true, |_| {}).unwrap_or_default()
 }
 
 /// A copy of the TCP segment in `frame`, changed by `edit`, checksums filled; `bare`
@@ -1755,6 +1913,90 @@ mod tests {
         let s = seg(1050, 5500, 700, 0);
         assert_eq!(watch.inbound(&frame(PEER, US, &s), later), Verdict::Pass);
         assert!(queued(&mut watch).is_empty());
+    }
+
+    #[test]
+    fn a_retransmission_without_an_ack_is_signalled_again_by_the_timer() {
+        let (mut watch, now) = in_flight();
+        assert!(data_with_sack(&mut watch, 1000, 5300, now).is_empty());
+        assert!(data_with_sack(&mut watch, 1010, 5400, now).is_empty());
+        assert_eq!(data_with_sack(&mut watch, 1020, 5500, now).len(), 5);
+        assert_eq!(watch.next_loss_recheck(), None, "armed once it goes out");
+        let fast = |watch: &Watch| watch.get(&(US, PEER)).unwrap().fast_retransmits;
+        let again = frame(US, PEER, &seg(5100, 1030, 10, 100));
+        // The peer's window is full: nothing more goes out for it to SACK, and no ACK
+        // comes. Each time the timer signals again, after twice as long as before.
+        let mut sent = now;
+        let mut waits = Vec::new();
+        for n in 1..=MAX_RECHECKS {
+            watch.outbound(&again, sent);
+            assert_eq!(fast(&watch), u64::from(n));
+            let due = watch.next_loss_recheck().expect("a recheck armed");
+            waits.push(due - sent);
+            watch.recheck_losses(due - Duration::from_micros(1));
+            assert!(queued(&mut watch).is_empty(), "not before it is due");
+            watch.recheck_losses(due);
+            let dups = queued(&mut watch);
+            let windows: Vec<u16> = dups.iter().map(|d| d.window).collect();
+            assert_eq!(windows, [701, 700, 700, 700, 700]);
+            for dup in &dups {
+                assert_eq!(dup.ack, Some(TcpSeqNumber(5100)));
+                assert_eq!((dup.seq, dup.payload_len), (TcpSeqNumber(1030), 0));
+            }
+            sent = due + Duration::from_millis(1);
+        }
+        assert_eq!(waits[1], waits[0] * 2);
+        assert_eq!(waits[2], waits[0] * 4);
+        // Then smoltcp's own retransmission timeout takes over.
+        watch.outbound(&again, sent);
+        assert_eq!(watch.next_loss_recheck(), None);
+        watch.recheck_losses(sent + Duration::from_secs(5));
+        assert!(queued(&mut watch).is_empty());
+    }
+
+    #[test]
+    fn a_segment_behind_sacked_data_is_lost_after_a_reordering_window() {
+        let (mut watch, now) = in_flight();
+        // One later segment arrived: too few to call 5100 lost by count (RFC 6675), but
+        // it is if no ACK for 5100 comes within a quarter RTT more (RFC 8985).
+        assert!(data_with_sack(&mut watch, 1000, 5300, now).is_empty());
+        let due = watch
+            .next_loss_recheck()
+            .expect("a reordering window armed");
+        assert!(due > now);
+        watch.recheck_losses(due - Duration::from_micros(1));
+        assert!(queued(&mut watch).is_empty());
+        watch.recheck_losses(due);
+        let dups = queued(&mut watch);
+        assert_eq!(dups.len(), 5);
+        assert!(dups.iter().all(|d| d.ack == Some(TcpSeqNumber(5100))));
+        let fast = |watch: &Watch| watch.get(&(US, PEER)).unwrap().fast_retransmits;
+        watch.outbound(&frame(US, PEER, &seg(5100, 1010, 10, 100)), due);
+        assert_eq!(fast(&watch), 1);
+        // Reordering after all: the segment comes, the ACK moves, nothing more.
+        let (mut watch, now) = in_flight();
+        data_with_sack(&mut watch, 1000, 5300, now);
+        let s = seg(1010, 5300, 700, 0);
+        assert_eq!(watch.inbound(&frame(PEER, US, &s), now), Verdict::Pass);
+        assert_eq!(watch.next_loss_recheck(), None);
+        watch.recheck_losses(now + Duration::from_secs(1));
+        assert!(queued(&mut watch).is_empty());
+    }
+
+    #[test]
+    fn an_ack_for_the_retransmission_stops_the_recheck() {
+        let (mut watch, now) = in_flight();
+        data_with_sack(&mut watch, 1000, 5300, now);
+        data_with_sack(&mut watch, 1010, 5400, now);
+        data_with_sack(&mut watch, 1020, 5500, now);
+        watch.outbound(&frame(US, PEER, &seg(5100, 1030, 10, 100)), now);
+        assert!(watch.next_loss_recheck().is_some());
+        let s = seg(1030, 5500, 700, 0);
+        assert_eq!(watch.inbound(&frame(PEER, US, &s), now), Verdict::Pass);
+        assert_eq!(watch.next_loss_recheck(), None);
+        watch.recheck_losses(now + Duration::from_secs(5));
+        assert!(queued(&mut watch).is_empty());
+        assert!(watch.rechecking.is_empty());
     }
 
     #[test]
