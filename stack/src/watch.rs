@@ -603,8 +603,7 @@ pub(crate) struct Watch {
     reassembly: Reassembly,
     /// A released SYN is on its way through: it is not held twice.
     replaying: bool,
-    /// Connections whose loss signal's retransmission has gone out: when no ACK comes
-    /// for it, the watch signals again (see [`Wire::recheck_due`]).
+    /// Connections whose loss timer may be armed (see [`Wire::recheck_due`]).
     rechecking: Vec<Tuple>,
 }
 
@@ -865,9 +864,8 @@ impl Watch {
         std::mem::take(&mut self.touched)
     }
 
-    /// Signals again each loss whose retransmission got no ACK in time (see
-    /// [`Wire::recheck_due`]): the duplicate ACKs go to smoltcp ahead of the device's
-    /// next frame.
+    /// Signals each loss whose timer is due (see [`Wire::recheck_due`]): the duplicate
+    /// ACKs go to smoltcp ahead of the device's next frame.
     pub(crate) fn recheck_losses(&mut self, now: Instant) {
         let mut i = 0;
         while let Some(&tuple) = self.rechecking.get(i) {
@@ -880,7 +878,7 @@ impl Watch {
                 Some(_) => {
                     if let Some(dups) = wire.recheck(now) {
                         log::debug!(
-                            "{} -> {}: no ACK for the retransmission of {}: again",
+                            "{} -> {}: loss timer: {} lost, fast retransmit",
                             tuple.0,
                             tuple.1,
                             wire.taken.map_or(0, |(una, _)| una.0)
