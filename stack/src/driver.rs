@@ -68,7 +68,7 @@ pub(crate) fn run<D: Link>(shared: Arc<Shared>, mut device: D) {
             let wall = Instant::now();
             core.iface.poll_maintenance(now);
             core.tcp.before_ingress(&mut core.sockets);
-            // A loss whose retransmission got no ACK in time is signalled again.
+            // Losses the watch's timer finds (RACK-TLP) go to smoltcp ahead of any frame.
             core.tcp.watch.get_mut().recheck_losses(wall);
             // Each frame is seen by the TCP watch on its way in.
             loop {

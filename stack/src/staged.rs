@@ -9,7 +9,7 @@ use std::collections::VecDeque;
 
 use smoltcp::phy::{self, Device, DeviceCapabilities};
 use smoltcp::time::Instant;
-use smoltcp::wire::{EthernetFrame, IpProtocol, Ipv4Packet};
+use smoltcp::wire::{EthernetFrame, Icmpv4Packet, IpProtocol, Ipv4Packet, checksum};
 
 use crate::reassembly;
 
@@ -198,38 +198,34 @@ fn icmp_fragment(frame: &[u8]) -> Option<bool> {
 /// Sets the ICMP checksum in the first of `fragments`, computed over all of them: the
 /// fragments of one datagram, in order. Left as they are unless they tile it from 0.
 fn set_icmp_checksum(fragments: &mut [Vec<u8>]) {
-    let (mut sum, mut next, mut ident) = (0u32, 0, None);
+    let eth_len = EthernetFrame::<&[u8]>::header_len();
+    let (mut next, mut ident) = (0, None);
     for frame in fragments.iter() {
-        let Some(packet) = EthernetFrame::new_checked(&frame[..])
-            .ok()
-            .and_then(|eth| Ipv4Packet::new_checked(eth.payload()).ok())
+        let Some(ip) = frame
+            .get(eth_len..)
+            .and_then(|ip| Ipv4Packet::new_checked(ip).ok())
         else {
             return;
         };
-        if usize::from(packet.frag_offset()) != next
-            || *ident.get_or_insert(packet.ident()) != packet.ident()
-        {
+        if usize::from(ip.frag_offset()) != next || *ident.get_or_insert(ip.ident()) != ip.ident() {
             return; // Not the pieces of one datagram, in order.
         }
-        next += packet.payload().len();
-        // Every piece but the last is a multiple of 8 bytes, so 16-bit words line up.
-        for word in packet.payload().chunks(2) {
-            sum += u32::from(u16::from_be_bytes([word[0], *word.get(1).unwrap_or(&0)]));
-        }
+        next += ip.payload().len();
     }
-    // Where the first fragment's IPv4 payload (the ICMP header) begins.
-    let start = EthernetFrame::<&[u8]>::header_len() + usize::from(fragments[0][14] & 0x0f) * 4;
-    if fragments[0].len() < start + 8 {
+    let Some(first) = fragments.first_mut() else {
+        return;
+    };
+    let mut ip = Ipv4Packet::new_unchecked(&mut first[eth_len..]);
+    if ip.payload_mut().len() < 8 {
         return;
     }
-    // The sum is of the message with its checksum field (bytes 2 and 3) zero.
-    let field = start + 2..start + 4;
-    sum -= u32::from(u16::from_be_bytes([
-        fragments[0][field.start],
-        fragments[0][field.start + 1],
-    ]));
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    fragments[0][field].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    // The sum is of the message with its checksum field zero. Every piece but the last
+    // is a multiple of 8 bytes, so the pieces' sums combine as the whole's.
+    Icmpv4Packet::new_unchecked(ip.payload_mut()).set_checksum(0);
+    let sums: Vec<u16> = fragments
+        .iter()
+        .map(|frame| checksum::data(Ipv4Packet::new_unchecked(&frame[eth_len..]).payload()))
+        .collect();
+    let mut ip = Ipv4Packet::new_unchecked(&mut fragments[0][eth_len..]);
+    Icmpv4Packet::new_unchecked(ip.payload_mut()).set_checksum(!checksum::combine(&sums));
 }

@@ -1108,9 +1108,7 @@ impl Watch {
                     );
                     self.salvaged.extend(dup_acks(frame, seq, ack, window));
                 }
-                if wire.recheck_due().is_some() && !self.rechecking.contains(&tuple) {
-                    self.rechecking.push(tuple);
-                }
+                arm_recheck(&mut self.rechecking, tuple, wire);
             }
             Self::touch(&mut self.touched, tuple, wire);
             return verdict;
@@ -1249,9 +1247,7 @@ impl Watch {
                         // The retransmission a loss signal asked for, before any timer.
                         r.sent = Some(now);
                         wire.fast_retransmits += 1;
-                        if !self.rechecking.contains(&tuple) {
-                            self.rechecking.push(tuple);
-                        }
+                        arm_recheck(&mut self.rechecking, tuple, wire);
                     }
                     seen.note = Some(Note::Retransmission);
                     wire.timing = None; // Karn: never time a retransmitted segment.
@@ -1438,6 +1434,13 @@ fn dup_acks(frame: &[u8], seq: TcpSeqNumber, ack: TcpSeqNumber, window: u16) -> 
             })
         })
         .collect()
+}
+
+/// Keeps `tuple` among the connections the loss timer looks at, if its timer is armed.
+fn arm_recheck(rechecking: &mut Vec<Tuple>, tuple: Tuple, wire: &Wire) {
+    if wire.recheck_due().is_some() && !rechecking.contains(&tuple) {
+        rechecking.push(tuple);
+    }
 }
 
 /// The TCP segment in `frame` cut down to its headers (see [`copy_segment`]); empty if
@@ -1878,6 +1881,14 @@ mod tests {
         queued(watch)
     }
 
+    /// The peer SACKs the three segments after 5100, one by one: 5100 is lost, and the
+    /// watch has queued the duplicate ACKs that make smoltcp send it again.
+    fn sack_three_after_5100(watch: &mut Watch, now: Instant) {
+        assert!(data_with_sack(watch, 1000, 5300, now).is_empty());
+        assert!(data_with_sack(watch, 1010, 5400, now).is_empty());
+        assert_eq!(data_with_sack(watch, 1020, 5500, now).len(), 5);
+    }
+
     #[test]
     fn sack_of_three_later_segments_sets_off_a_fast_retransmit() {
         let (mut watch, now) = in_flight();
@@ -1916,9 +1927,7 @@ mod tests {
     #[test]
     fn a_retransmission_without_an_ack_is_signalled_again_by_the_timer() {
         let (mut watch, now) = in_flight();
-        assert!(data_with_sack(&mut watch, 1000, 5300, now).is_empty());
-        assert!(data_with_sack(&mut watch, 1010, 5400, now).is_empty());
-        assert_eq!(data_with_sack(&mut watch, 1020, 5500, now).len(), 5);
+        sack_three_after_5100(&mut watch, now);
         assert_eq!(watch.next_loss_recheck(), None, "armed once it goes out");
         let fast = |watch: &Watch| watch.get(&(US, PEER)).unwrap().fast_retransmits;
         let again = frame(US, PEER, &seg(5100, 1030, 10, 100));
@@ -1984,9 +1993,7 @@ mod tests {
     #[test]
     fn an_ack_for_the_retransmission_stops_the_recheck() {
         let (mut watch, now) = in_flight();
-        data_with_sack(&mut watch, 1000, 5300, now);
-        data_with_sack(&mut watch, 1010, 5400, now);
-        data_with_sack(&mut watch, 1020, 5500, now);
+        sack_three_after_5100(&mut watch, now);
         watch.outbound(&frame(US, PEER, &seg(5100, 1030, 10, 100)), now);
         assert!(watch.next_loss_recheck().is_some());
         let s = seg(1030, 5500, 700, 0);
